@@ -1,0 +1,1 @@
+"""policyflow: new Kyverno PolicyReport failures -> Testkube runs -> outcomes on the report."""
