@@ -1,0 +1,150 @@
+"""The ``policyflow`` command.
+
+``scan`` is read-only and never imports Prefect (that import alone costs seconds); ``run-once``
+imports the flows only when it runs. A user mistake (bad setting, bad config file, refused
+credentials) ends with one line on stderr and exit status 2 (configuration) or 3 (the cluster or
+Testkube refused), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from policyflow.domain.errors import ConfigError, PolicyflowError
+from policyflow.domain.outcome import EXIT_UNFINISHED, EXIT_USAGE
+
+log = logging.getLogger("policyflow")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="YAML config file with routes (env: POLICYFLOW_CONFIG)")
+    common.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file (env: POLICYFLOW_KUBECONFIG)")
+    common.add_argument("--context", help="kubeconfig context (env: POLICYFLOW_CONTEXT)")
+    common.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="log level (default WARNING)")
+    parser = argparse.ArgumentParser(
+        prog="policyflow",
+        description="Turn new Kyverno PolicyReport failures into Testkube TestWorkflow runs, and record "
+        "each outcome on the report.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    scan = commands.add_parser(
+        "scan", parents=[common], help="read-only: the failing results and what was done about each"
+    )
+    scan.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    commands.add_parser(
+        "run-once", parents=[common],
+        help="one detection cycle: run the chain for every new failure, wait, print a table",
+        description="Exit status: 0 every chain finished and every test passed; 1 some test did not pass; "
+        "2 usage or configuration error; 3 some chain could not finish (the next cycle picks it up).",
+    )
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {"config": args.config, "kubeconfig": args.kubeconfig, "context": args.context}
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from policyflow import settings as settings_module
+    from policyflow.clients.kube import KubeClient
+    from policyflow.scanning import scan_cluster
+
+    settings, routing = settings_module.load(_overrides(args))
+    kube = KubeClient.connect(kubeconfig=settings.kubeconfig, context=settings.context)
+    try:
+        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC))
+    finally:
+        kube.close()
+    for kind in scan.skipped_kinds:
+        print(f"policyflow: {kind} is not served by this cluster (CRD not installed); skipped", file=sys.stderr)
+    for problem in scan.problems:
+        print(f"policyflow: {problem}", file=sys.stderr)
+    rows = []
+    for finding in scan.findings:
+        v, planned, record = finding.violation, finding.planned, finding.planned.record
+        rows.append({
+            "violation": v.title,
+            "key": v.key,
+            "report": str(v.report),
+            "severity": v.severity or "",
+            "result": v.result.value,
+            "action": planned.action.value,
+            "status": record.status.value if record else "new",
+            "workflow": finding.routed.workflow if finding.routed else "(unrouted)",
+            "execution": (record.execution_name or record.execution or "") if record else "",
+            "episode": planned.episode,
+            "reason": planned.reason,
+        })
+    if args.output == "json":
+        json.dump({"violations": rows, "counters": scan.counters}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        columns = ["violation", "severity", "status", "action", "workflow", "execution"]
+        print(tabulate([[r[c] for c in columns] for r in rows], headers=columns, tablefmt="simple")
+              if rows else "no failing results")
+    return 0
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tabulate import tabulate
+
+    from policyflow import settings as settings_module
+    from policyflow.domain.outcome import exit_status
+
+    settings, routing = settings_module.load(_overrides(args))
+    if routing.is_empty:
+        raise ConfigError("no route: set POLICYFLOW_DEFAULT_WORKFLOW or give routes in --config")
+    if settings.testkube_url is None:
+        raise ConfigError("POLICYFLOW_TESTKUBE_URL is not set: point it at the Testkube API")
+    # Imported here: Prefect costs seconds to import, and scan/--help need none of it.
+    from flows.policy_watch import policy_watch
+    from tasks import runtime
+
+    runtime.install(runtime.build(settings, routing))
+    summary = asyncio.run(policy_watch())
+    rows = [[o.violation, o.workflow or "-", o.execution or "-", o.status,
+             f"{o.duration_s:.1f}s" if o.duration_s is not None else "-"] for o in summary.outcomes]
+    if rows:
+        print(tabulate(rows, headers=["violation", "workflow", "execution", "status", "duration"]))
+    else:
+        print("nothing new")
+    for outcome in summary.outcomes:
+        if outcome.detail and outcome.status in ("error", "unfinished"):
+            print(f"policyflow: {outcome.violation}: {outcome.detail}", file=sys.stderr)
+    return exit_status(summary.outcomes)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``policyflow`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "scan":
+            return _scan(args)
+        if args.command == "run-once":
+            return _run_once(args)
+    except ConfigError as exc:
+        print(f"policyflow: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except PolicyflowError as exc:
+        print(f"policyflow: {exc}", file=sys.stderr)
+        return EXIT_UNFINISHED
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

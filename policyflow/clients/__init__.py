@@ -1,0 +1,1 @@
+"""One client per external system; each returns typed results and raises typed errors."""

@@ -1,0 +1,344 @@
+"""The Kubernetes API, as policyflow uses it: list and read reports, patch their annotations, read a
+resource, record an Event.
+
+Configuration (kubeconfig, ``--context``, in-cluster service account, TLS) comes from the official
+``kubernetes`` client; requests go through its ``ApiClient`` so auth and TLS behave exactly as
+``kubectl`` users expect. Responses are decoded straight from JSON into dicts: building the
+client's model objects for tens of thousands of reports costs more than the LIST itself.
+
+Every failure is raised as a typed error: :class:`TransientError` (connection trouble, 409, 429,
+5xx: retried) or :class:`PermanentError` (401, 403 naming the verb and resource RBAC refused, 404,
+400/422: not retried).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import urllib3
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes.config.config_exception import ConfigException
+
+from policyflow.domain.errors import ConfigError, NotFoundError, PermanentError, TransientError
+from policyflow.domain.model import ReportKind, ReportRef, ResourceRef
+
+log = logging.getLogger(__name__)
+
+MERGE_PATCH = "application/merge-patch+json"
+#: Ask for metadata only when all we need is uids and generations (the apiserver drops spec/status).
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+
+
+class KubeError(PermanentError):
+    """A request the cluster refused for good (the message says what to fix)."""
+
+
+class KubeUnavailable(TransientError):
+    """The cluster did not answer, or answered with a retryable status."""
+
+
+class ForbiddenError(KubeError):
+    """RBAC refused a verb on a resource (403)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ApiResource:
+    """One entry of an API group's discovery document."""
+
+    plural: str
+    kind: str
+    namespaced: bool
+
+
+@dataclass(slots=True)
+class KubeClient:
+    """A thin client over the official ``ApiClient``; one per process, safe to share between threads."""
+
+    api: k8s.ApiClient
+    request_timeout: float = 30.0
+    _discovery: dict[str, dict[str, ApiResource] | None] = field(default_factory=dict)
+
+    # --- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def connect(cls, *, kubeconfig: Path | None = None, context: str | None = None) -> KubeClient:
+        """Load the normal client configuration: ``kubeconfig``/``$KUBECONFIG``/``~/.kube/config``,
+        else the in-cluster service account. ConfigError when neither is usable."""
+        configuration = k8s.Configuration()
+        try:
+            k8s_config.load_kube_config(
+                config_file=str(kubeconfig) if kubeconfig else None,
+                context=context,
+                client_configuration=configuration,
+            )
+        except (ConfigException, FileNotFoundError, OSError) as kube_exc:
+            if kubeconfig is not None or context is not None:
+                raise ConfigError(f"kubeconfig: {kube_exc}; check --kubeconfig/--context") from None
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            except ConfigException:
+                raise ConfigError(
+                    "no cluster configuration: no kubeconfig found ($KUBECONFIG, ~/.kube/config) and not "
+                    "running in a cluster; set POLICYFLOW_KUBECONFIG or --kubeconfig"
+                ) from None
+        # Retries are the task retry policy's job, with backoff; urllib3 retrying underneath would
+        # multiply them and hide connection trouble.
+        configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=2, status=0)
+        return cls(api=k8s.ApiClient(configuration))
+
+    def close(self) -> None:
+        self.api.close()
+
+    # --- the one request function ---------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str | int] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        accept: str = "application/json",
+        what: str = "",
+    ) -> Any:
+        headers = {"Accept": accept}
+        if content_type:
+            headers["Content-Type"] = content_type
+        params = [(k, str(v)) for k, v in (query or {}).items()]
+        _, url, headers, body_out, _ = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=params,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api(method, url, header_params=headers, body=body_out,
+                                         _request_timeout=self.request_timeout)
+            raw = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeUnavailable(f"cluster unreachable for {method} {path}: {type(exc).__name__}") from None
+        except k8s.ApiException as exc:  # raised for TLS errors, with status 0
+            raise KubeUnavailable(f"cluster unreachable for {method} {path}: {exc.reason}") from None
+        status = response.status
+        if 200 <= status < 300:
+            return json.loads(raw) if raw else None
+        raise _error_for(method, path, status, raw, response.getheader("Retry-After"), what)
+
+    # --- discovery ------------------------------------------------------------------------------
+
+    def api_resources(self, api_version: str) -> dict[str, ApiResource] | None:
+        """The resources an API group version serves, by kind; None when it is not installed."""
+        if api_version not in self._discovery:
+            path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+            try:
+                document = self._request("GET", path)
+            except NotFoundError:
+                self._discovery[api_version] = None
+            else:
+                self._discovery[api_version] = {
+                    r["kind"]: ApiResource(plural=r["name"], kind=r["kind"], namespaced=bool(r.get("namespaced")))
+                    for r in document.get("resources", [])
+                    if "/" not in r.get("name", "")
+                }
+        return self._discovery[api_version]
+
+    def is_served(self, kind: ReportKind) -> bool:
+        """Whether the cluster serves this report kind (its CRD is installed)."""
+        resources = self.api_resources(kind.api_version)
+        return resources is not None and kind.kind in resources
+
+    # --- reports --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _report_path(kind: ReportKind, *, namespace: str | None = None, name: str | None = None) -> str:
+        path = f"/apis/{kind.group}/{kind.version}"
+        if kind.namespaced and namespace:
+            path += f"/namespaces/{quote(namespace, safe='')}"
+        path += f"/{kind.plural}"
+        if name:
+            path += f"/{quote(name, safe='')}"
+        return path
+
+    def list_reports(
+        self,
+        kind: ReportKind,
+        *,
+        namespace: str | None = None,
+        label_selector: str = "",
+        page_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """Every report of ``kind`` (in ``namespace``, or all), page by page with ``limit``/``continue``.
+
+        A continue token that expired mid-list (410 Gone, after etcd compaction) restarts the list
+        from the beginning; reports already yielded are not yielded twice, so no report is missed and
+        none is seen twice in one cycle.
+        """
+        path = self._report_path(kind, namespace=namespace)
+        seen: set[str] = set()
+        token = ""
+        while True:
+            query: dict[str, str | int] = {"limit": page_size}
+            if label_selector:
+                query["labelSelector"] = label_selector
+            if token:
+                query["continue"] = token
+            try:
+                page = self._request("GET", path, query=query, what=f"list {kind.plural}")
+            except ContinueExpired:
+                log.warning("list of %s: continue token expired; listing again from the start", kind.plural)
+                token = ""
+                continue
+            for item in page.get("items") or []:
+                meta = item.get("metadata") or {}
+                ident = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+                if ident in seen:
+                    continue
+                seen.add(ident)
+                # A LIST's items carry no kind/apiVersion; put them back so an item reads like a GET.
+                item.setdefault("apiVersion", kind.api_version)
+                item.setdefault("kind", kind.kind)
+                yield item
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
+
+    def get_report(self, ref: ReportRef) -> dict[str, Any]:
+        """The report now. NotFoundError when it is gone."""
+        path = self._report_path(ref.kind, namespace=ref.namespace, name=ref.name)
+        result: dict[str, Any] = self._request("GET", path, what=f"get {ref.kind.plural}")
+        return result
+
+    def patch_report_annotations(
+        self, ref: ReportRef, annotations: Mapping[str, str | None], *, resource_version: str | None = None
+    ) -> dict[str, Any]:
+        """JSON merge-patch these annotations onto the report (None removes one).
+
+        A merge-patch touches nothing else, so it never fights Kyverno's rewrites of ``results``.
+        With ``resource_version`` the patch is conditional: 409 if the report changed meanwhile.
+        """
+        metadata: dict[str, Any] = {"annotations": dict(annotations)}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        path = self._report_path(ref.kind, namespace=ref.namespace, name=ref.name)
+        result: dict[str, Any] = self._request(
+            "PATCH", path, body={"metadata": metadata}, content_type=MERGE_PATCH, what=f"patch {ref.kind.plural}"
+        )
+        return result
+
+    # --- the failing resource -------------------------------------------------------------------
+
+    def _resource_path(self, resource: ResourceRef, *, with_name: bool = True) -> str:
+        api_version = resource.api_version or "v1"
+        served = self.api_resources(api_version)
+        if served is None or resource.kind not in served:
+            raise NotFoundError(f"{api_version} {resource.kind} is not served by this cluster")
+        info = served[resource.kind]
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        if info.namespaced and resource.namespace:
+            base += f"/namespaces/{quote(resource.namespace, safe='')}"
+        base += f"/{info.plural}"
+        return f"{base}/{quote(resource.name, safe='')}" if with_name else base
+
+    def get_resource(self, resource: ResourceRef) -> dict[str, Any]:
+        """The failing resource itself (for its labels and generation). NotFoundError when gone."""
+        result: dict[str, Any] = self._request("GET", self._resource_path(resource), what=f"get {resource.kind}")
+        return result
+
+    def resource_generations(self, api_version: str, kind: str, *, page_size: int = 500) -> dict[str, int]:
+        """``metadata.generation`` of every object of one kind, by uid: one metadata-only LIST.
+
+        This is the cheap signal that a failing resource changed: per cycle it costs one paginated
+        metadata LIST per kind among the handled violations (served from the apiserver's watch cache),
+        instead of one GET per violation.
+        """
+        probe = ResourceRef(api_version=api_version, kind=kind, name="-")
+        path = self._resource_path(probe, with_name=False)
+        generations: dict[str, int] = {}
+        token = ""
+        while True:
+            query: dict[str, str | int] = {"limit": page_size}
+            if token:
+                query["continue"] = token
+            try:
+                page = self._request("GET", path, query=query, accept=METADATA_ONLY, what=f"list {kind}")
+            except ContinueExpired:
+                token = ""
+                continue
+            for item in page.get("items") or []:
+                meta = item.get("metadata") or {}
+                uid, generation = meta.get("uid"), meta.get("generation")
+                if isinstance(uid, str) and isinstance(generation, int):
+                    generations[uid] = generation
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return generations
+
+    # --- events ---------------------------------------------------------------------------------
+
+    def create_event(self, event: Mapping[str, Any]) -> None:
+        """Create a core/v1 Event (an existing one with the same name counts as done)."""
+        namespace = event["metadata"]["namespace"]
+        try:
+            self._request("POST", f"/api/v1/namespaces/{quote(namespace, safe='')}/events", body=dict(event),
+                          content_type="application/json", what="create events")
+        except AlreadyExists:
+            log.debug("event %s already exists", event["metadata"].get("name"))
+
+
+class ConflictError(KubeUnavailable):
+    """409 Conflict: the object changed since it was read (a conditional patch lost the race)."""
+
+
+class ContinueExpired(KubeError):
+    """410 on a LIST continue token: list again from the start."""
+
+
+class AlreadyExists(KubeError):
+    """409 AlreadyExists on a create."""
+
+
+def _error_for(method: str, path: str, status: int, raw: bytes, retry_after: str | None, what: str) -> Exception:
+    body: Any = None
+    try:
+        body = json.loads(raw) if raw else None
+    except ValueError:
+        body = None
+    message = body.get("message", "") if isinstance(body, dict) else raw[:200].decode("utf-8", "replace").strip()
+    reason = body.get("reason", "") if isinstance(body, dict) else ""
+    where = f"{method} {path}"
+    if status == 401:
+        return KubeError(
+            f"the cluster rejected policyflow's credentials (401) on {where}: "
+            "check the kubeconfig user or the service account token"
+        )
+    if status == 403:
+        return ForbiddenError(
+            f"RBAC forbids {what or where}: {message or 'forbidden'}; grant it in policyflow's ClusterRole"
+        )
+    if status == 404:
+        return NotFoundError(f"not found: {where}" + (f" ({message})" if message else ""))
+    if status == 410 and "continue" in message:
+        return ContinueExpired(f"{where}: {message}")
+    if status == 409 and reason == "AlreadyExists":
+        return AlreadyExists(f"{where}: {message}")
+    if status == 409:
+        return ConflictError(f"cluster answered 409 Conflict on {where}: {message}")
+    if status in (409, 429) or status >= 500:
+        seconds: float | None = None
+        if retry_after:
+            try:
+                seconds = float(retry_after)
+            except ValueError:
+                seconds = None
+        return KubeUnavailable(f"cluster answered {status} on {where}: {message or reason}", retry_after=seconds)
+    return KubeError(f"cluster refused {where} ({status} {reason}): {message}")

@@ -1,0 +1,275 @@
+"""The Testkube API, as policyflow uses it: start a TestWorkflow, find an execution by its tags, read
+an execution, abort one.
+
+Two deployments, one client: the OSS agent serves everything under ``{url}/v1``; Testkube Cloud/Pro
+serves the same routes under ``{url}/organizations/{org}/environments/{env}/agent`` (no ``/v1``) and
+wants ``Authorization: Bearer <token>``. Where the real server differs from its own OpenAPI spec
+(single objects where the spec says arrays, 500 for an unknown workflow, year-1 timestamps for "not
+set"), this client follows the server (see ``shared/specs/SOURCES.md`` section 3).
+
+The token lives only in the client's default headers: it is never logged, never part of an error
+message, and never leaves this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from policyflow.domain.errors import (
+    NotFoundError,
+    PermanentError,
+    TransientError,
+    UnknownWorkflowError,
+)
+
+log = logging.getLogger(__name__)
+
+#: Execution statuses after which nothing more happens (SOURCES 3.6: ``stopping`` is NOT terminal).
+TERMINAL = frozenset({"passed", "failed", "aborted", "canceled"})
+#: Every status the agent can report (SOURCES 3.6).
+KNOWN = TERMINAL | {
+    "queued", "assigned", "starting", "scheduling", "running", "pausing", "paused", "resuming", "stopping",
+}
+_GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+class TestkubeError(PermanentError):
+    """Testkube refused a request for good (the message says what to fix)."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+
+class TestkubeUnavailable(TransientError):
+    """Testkube did not answer, or answered with a retryable status."""
+
+    __test__ = False
+
+
+class TestkubeProtocolError(TestkubeError):
+    """Testkube answered something that is not a TestWorkflowExecution."""
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """What policyflow needs of a TestWorkflowExecution (or of its summary in a list)."""
+
+    id: str
+    name: str
+    workflow: str
+    status: str
+    tags: dict[str, str]
+    scheduled_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _time(value: Any) -> str | None:
+    # Go serialises unset time.Time values as year 1 instead of leaving them out (SOURCES 3.4).
+    if not isinstance(value, str) or not value or value.startswith("0001-01-01"):
+        return None
+    return value
+
+
+def parse_execution(data: Any) -> Execution:
+    """An :class:`Execution` from a TestWorkflowExecution or TestWorkflowExecutionSummary JSON object."""
+    if not isinstance(data, Mapping):
+        raise TestkubeProtocolError(f"Testkube answered a {type(data).__name__} where an execution object belongs")
+    execution_id = data.get("id")
+    if not isinstance(execution_id, str) or not execution_id:
+        raise TestkubeProtocolError("Testkube answered an execution without an id")
+    result = data.get("result") if isinstance(data.get("result"), Mapping) else {}
+    assert isinstance(result, Mapping)
+    status = result.get("status") or "queued"
+    if not isinstance(status, str) or status not in KNOWN:
+        raise TestkubeProtocolError(
+            f"Testkube execution {execution_id} has status {status!r}, which policyflow does not know; "
+            "upgrade policyflow or check the Testkube version"
+        )
+    workflow = data.get("workflow") if isinstance(data.get("workflow"), Mapping) else {}
+    assert isinstance(workflow, Mapping)
+    tags = data.get("tags") if isinstance(data.get("tags"), Mapping) else {}
+    assert isinstance(tags, Mapping)
+    duration = result.get("durationMs")
+    return Execution(
+        id=execution_id,
+        name=str(data.get("name") or execution_id),
+        workflow=str(workflow.get("name") or ""),
+        status=status,
+        tags={str(k): str(v) for k, v in tags.items()},
+        scheduled_at=_time(data.get("scheduledAt")),
+        finished_at=_time(result.get("finishedAt")),
+        duration_ms=duration if isinstance(duration, int) and status in TERMINAL else None,
+    )
+
+
+def selector(tags: Mapping[str, str]) -> str:
+    """A ``tagSelector`` value: ``k1=v1,k2=v2`` (different keys are ANDed by the server)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+
+class TestkubeClient:
+    """An async client for one Testkube API (OSS agent or Cloud/Pro environment)."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        token: str | None = None,
+        org: str | None = None,
+        env: str | None = None,
+        timeout: float = 15.0,
+        ca_file: Path | None = None,
+        insecure: bool = False,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        url = url.rstrip("/")
+        self.base = f"{url}/organizations/{quote(org)}/environments/{quote(env)}/agent" if org and env else f"{url}/v1"
+        headers = {"Accept": "application/json", "User-Agent": "policyflow"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        verify: ssl.SSLContext | bool = True
+        if insecure:
+            verify = False
+        elif ca_file is not None:
+            verify = ssl.create_default_context(cafile=str(ca_file))
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(timeout), verify=verify, transport=transport,
+            follow_redirects=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> TestkubeClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _call(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
+                    json_body: Any = None) -> Any:
+        url = f"{self.base}{path}"
+        try:
+            if json_body is None:
+                response = await self._http.request(method, url, params=params)
+            else:
+                # The agent ignores a body sent without this exact content type (SOURCES 3.3).
+                response = await self._http.request(
+                    method, url, params=params, json=json_body, headers={"Content-Type": "application/json"}
+                )
+        except httpx.TimeoutException:
+            raise TestkubeUnavailable(f"Testkube timed out on {method} {path}") from None
+        except httpx.TransportError as exc:
+            raise TestkubeUnavailable(f"Testkube unreachable on {method} {path}: {type(exc).__name__}") from None
+        if response.is_success:
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise TestkubeProtocolError(
+                    f"Testkube answered {method} {path} with {response.status_code} but the body is not JSON "
+                    f"({response.headers.get('content-type', 'no content type')}); is the URL the Testkube API?"
+                ) from None
+        raise _error_for(method, path, response)
+
+    async def run_workflow(self, *, workflow: str, request: Mapping[str, Any]) -> Execution:
+        """Start ``workflow`` (``POST /test-workflows/{name}/executions``); the new execution."""
+        data = await self._call("POST", f"/test-workflows/{quote(workflow, safe='')}/executions",
+                                json_body=dict(request))
+        # The agent answers one object; the spec says a list. Accept a one-element list too.
+        if isinstance(data, list) and len(data) == 1:
+            data = data[0]
+        return parse_execution(data)
+
+    async def find_executions(self, *, tags: Mapping[str, str], workflow: str | None = None) -> list[Execution]:
+        """Executions carrying every one of ``tags``, newest first."""
+        path = (f"/test-workflows/{quote(workflow, safe='')}/executions" if workflow
+                else "/test-workflow-executions")
+        data = await self._call("GET", path, params={"tagSelector": selector(tags), "pageSize": "100"})
+        # The agent answers {totals, filtered, results}; the spec says a bare list.
+        items = data.get("results") if isinstance(data, Mapping) else data
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            raise TestkubeProtocolError("Testkube's execution list has no results array")
+        return [parse_execution(item) for item in items]
+
+    async def get_execution(self, *, execution_id: str) -> Execution:
+        """The execution now."""
+        data = await self._call("GET", f"/test-workflow-executions/{quote(execution_id, safe='')}")
+        return parse_execution(data)
+
+    async def abort(self, *, execution_id: str) -> None:
+        """Abort a running execution (one that already finished is left alone)."""
+        try:
+            await self._call("POST", f"/test-workflow-executions/{quote(execution_id, safe='')}/abort")
+        except TestkubeError as exc:
+            if "already finished" not in str(exc):
+                raise
+
+    async def workflow_exists(self, *, workflow: str) -> bool:
+        """Whether Testkube has a TestWorkflow called ``workflow``."""
+        try:
+            await self._call("GET", f"/test-workflows/{quote(workflow, safe='')}")
+        except NotFoundError:
+            return False
+        return True
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip()
+    if isinstance(body, Mapping):
+        return str(body.get("detail") or body.get("title") or "")[:500]
+    return ""
+
+
+def _error_for(method: str, path: str, response: httpx.Response) -> Exception:
+    status = response.status_code
+    detail = _problem_detail(response)
+    where = f"{method} {path}"
+    if status == 401:
+        return TestkubeError(
+            f"Testkube rejected the token (401) on {where}: set a valid POLICYFLOW_TESTKUBE_TOKEN "
+            "(or POLICYFLOW_TESTKUBE_TOKEN_BLOCK)"
+        )
+    if status == 403:
+        return TestkubeError(f"Testkube forbids {where} (403): give the token's role access to run TestWorkflows")
+    if status == 404:
+        return NotFoundError(f"Testkube has no {path} (404): {detail}")
+    if status == 500 and method == "POST" and path.endswith("/executions") and "not found" in detail.lower():
+        # The agent answers an unknown workflow with 500, not 404 (SOURCES 3.8).
+        workflow = path.split("/")[2]
+        return UnknownWorkflowError(
+            f"Testkube has no TestWorkflow {workflow!r} ({detail}); create it or fix the route's workflow"
+        )
+    if status in (409, 429) or status >= 500:
+        retry_after: float | None = None
+        header = response.headers.get("Retry-After")
+        if header:
+            try:
+                retry_after = float(header)
+            except ValueError:
+                retry_after = None
+        return TestkubeUnavailable(f"Testkube answered {status} on {where}: {detail}", retry_after=retry_after)
+    return TestkubeError(f"Testkube refused {where} ({status}): {detail}")

@@ -1,0 +1,42 @@
+"""Typed errors. The retry policy reads only the class: transient ones are retried, permanent ones not.
+
+Every message is one line that says what is wrong and what to do about it, and never carries a secret.
+"""
+
+from __future__ import annotations
+
+
+class PolicyflowError(Exception):
+    """Base of every error policyflow raises on purpose."""
+
+
+class ConfigError(PolicyflowError):
+    """Bad settings or routing file: stop before any work (exit status 2)."""
+
+
+class TransientError(PolicyflowError):
+    """Worth trying again: connection errors, timeouts, 429, 5xx, 409.
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(PolicyflowError):
+    """Trying again will not help until someone fixes something (the message says what)."""
+
+
+class NotFoundError(PermanentError):
+    """The object is gone (404)."""
+
+
+class UnknownWorkflowError(PermanentError):
+    """Testkube has no TestWorkflow by that name."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether the retry policy should try ``error`` again."""
+    return isinstance(error, TransientError)

@@ -1,0 +1,147 @@
+"""The domain vocabulary: report kinds, the resources they describe, and violations.
+
+Everything here is pure data: no client, no I/O. A :class:`Violation` is one failing result of one
+policy rule for one resource, normalised from either report group (wgpolicyk8s.io or openreports.io).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+@dataclass(frozen=True, slots=True)
+class ReportKind:
+    """A report custom resource that policyflow reads (one of :data:`REPORT_KINDS`)."""
+
+    group: str
+    version: str
+    kind: str
+    plural: str
+    namespaced: bool
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}"
+
+
+POLICY_REPORT = ReportKind("wgpolicyk8s.io", "v1alpha2", "PolicyReport", "policyreports", True)
+CLUSTER_POLICY_REPORT = ReportKind(
+    "wgpolicyk8s.io", "v1alpha2", "ClusterPolicyReport", "clusterpolicyreports", False
+)
+OPENREPORTS_REPORT = ReportKind("openreports.io", "v1alpha1", "Report", "reports", True)
+OPENREPORTS_CLUSTER_REPORT = ReportKind("openreports.io", "v1alpha1", "ClusterReport", "clusterreports", False)
+
+#: Every report kind policyflow reads. Kyverno writes the wgpolicyk8s.io pair by default and the
+#: openreports.io pair instead when its reports controller runs with --openreportsEnabled.
+REPORT_KINDS: tuple[ReportKind, ...] = (
+    POLICY_REPORT,
+    CLUSTER_POLICY_REPORT,
+    OPENREPORTS_REPORT,
+    OPENREPORTS_CLUSTER_REPORT,
+)
+
+
+def report_kind_named(kind: str) -> ReportKind:
+    """The report kind called ``kind`` (``PolicyReport``, ``ClusterReport``, ...); ValueError if none."""
+    for candidate in REPORT_KINDS:
+        if candidate.kind.lower() == kind.lower() or candidate.plural == kind.lower():
+            return candidate
+    names = ", ".join(k.kind for k in REPORT_KINDS)
+    raise ValueError(f"unknown report kind {kind!r}: use one of {names}")
+
+
+class ResultKind(StrEnum):
+    """The values of ``results[].result`` that can make a violation (``pass``/``skip`` never do)."""
+
+    FAIL = "fail"
+    ERROR = "error"
+    WARN = "warn"
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRef:
+    """Where a report lives: enough to GET or PATCH it again."""
+
+    kind: ReportKind
+    name: str
+    namespace: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/{self.name}" if self.namespace else self.name
+        return f"{self.kind.kind} {where}"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRef:
+    """The Kubernetes object a result is about (the report's ``scope``, or a result's resource)."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind}/{where}{self.name}" if not where else f"{where}{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    """One non-passing result of one policy rule for one resource, as a report shows it now.
+
+    ``key`` is the violation's identity: it depends only on the resource (including its uid, so a
+    deleted and re-created resource is a new violation), the policy and the rule. It does not change
+    when Kyverno re-scans (new timestamps, reordered results, reworded messages).
+    """
+
+    report: ReportRef
+    report_uid: str
+    resource: ResourceRef
+    policy: str
+    rule: str
+    result: ResultKind
+    message: str = ""
+    severity: str | None = None
+    category: str | None = None
+    source: str | None = None
+    timestamp: int | None = None
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", violation_key(self.resource, self.policy, self.rule))
+
+    @property
+    def title(self) -> str:
+        """How people name it: ``policy/rule namespace/Kind/name`` (also the flow-run name)."""
+        return f"{self.policy}/{self.rule} {self.resource}"
+
+
+#: Length of a key in hex characters: 64 bits, far from collisions at cluster scale, and short
+#: enough for an annotation name (``policyflow.io/<key>``, name part at most 63 characters).
+KEY_LENGTH = 16
+
+
+def violation_key(resource: ResourceRef, policy: str, rule: str) -> str:
+    """The stable identity of a violation: a hash of what it is about, never of when or how it is worded.
+
+    The API version is reduced to its group so that a served-version change does not make every
+    violation new again.
+    """
+    parts = (
+        resource.group,
+        resource.kind,
+        resource.namespace or "",
+        resource.name,
+        resource.uid or "",
+        policy,
+        rule,
+    )
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+    return digest[:KEY_LENGTH]

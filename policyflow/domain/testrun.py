@@ -1,0 +1,57 @@
+"""The Testkube execution request for one episode of a violation (pure)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from policyflow.domain.model import Violation
+from policyflow.domain.routing import RoutedTest
+
+#: The tag the Argo Events pipeline sent; kept so dashboards and filters built on it keep working.
+TAG_REPORT_NAME = "PolicyViolationName"
+TAG_KEY = "policyflow-key"
+TAG_EPISODE = "policyflow-episode"
+#: Tags policyflow owns: a route's extra tags cannot override them.
+RESERVED_TAGS = frozenset(
+    {TAG_REPORT_NAME, TAG_KEY, TAG_EPISODE, "policy", "rule", "resource-kind", "resource-namespace",
+     "resource-name"}
+)
+MAX_TAG_VALUE = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def tag_value(value: str) -> str:
+    """A value safe to store as a Testkube tag: one line, bounded length."""
+    return _CONTROL.sub(" ", value).strip()[:MAX_TAG_VALUE]
+
+
+def execution_tags(violation: Violation, episode_id: str) -> dict[str, str]:
+    """The tags that identify this violation's episode on Testkube (what a retried trigger looks up)."""
+    return {TAG_KEY: violation.key, TAG_EPISODE: episode_id}
+
+
+def execution_request(violation: Violation, routed: RoutedTest, episode_id: str) -> dict[str, Any]:
+    """The JSON body of ``POST /test-workflows/{name}/executions`` for this episode."""
+    tags = {k: tag_value(v) for k, v in routed.tags.items() if k not in RESERVED_TAGS}
+    tags.update(
+        {
+            TAG_REPORT_NAME: tag_value(violation.report.name),
+            "policy": tag_value(violation.policy),
+            "rule": tag_value(violation.rule),
+            "resource-kind": tag_value(violation.resource.kind),
+            "resource-namespace": tag_value(violation.resource.namespace or ""),
+            "resource-name": tag_value(violation.resource.name),
+        }
+    )
+    tags.update(execution_tags(violation, episode_id))
+    body: dict[str, Any] = {
+        "tags": tags,
+        "runningContext": {
+            "interface": {"type": "api", "name": "policyflow"},
+            "actor": {"type": "program", "name": "policyflow"},
+        },
+    }
+    if routed.config:
+        body["config"] = dict(routed.config)
+    return body

@@ -1,0 +1,163 @@
+"""One read-only pass over the cluster: every failing result, and what to do about each.
+
+This is the detection half of a cycle, shared by ``policyflow scan`` (which only prints it) and the
+``policy-watch`` flow (which acts on it). It reads; it never writes. It imports no Prefect, so
+``policyflow scan`` starts in well under a second.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from policyflow.clients.kube import ForbiddenError, KubeClient
+from policyflow.domain.errors import NotFoundError
+from policyflow.domain.ledger import Action, Planned, Record, Status, plan_report, read_records
+from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Violation
+from policyflow.domain.reports import ViolationFilter, parse_report
+from policyflow.domain.routing import RoutedTest, RoutingTable
+from policyflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_GLOB = frozenset("*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A violation in the cluster now, what its record says, and where it would be routed."""
+
+    planned: Planned
+    routed: RoutedTest | None
+
+    @property
+    def violation(self) -> Violation:
+        return self.planned.violation
+
+    @property
+    def needs_chain(self) -> bool:
+        """Whether a cycle runs the chain for it (a new episode, or one to resume)."""
+        return self.planned.action in (Action.NEW, Action.RESUME) and self.routed is not None
+
+
+@dataclass(slots=True)
+class Scan:
+    """What one pass found. ``counters`` are for logs, artifacts and metrics."""
+
+    findings: list[Finding] = field(default_factory=list)
+    #: Records whose violation is gone from the report: (report, record) pairs to mark resolved.
+    resolved: list[tuple[ReportRef, Record]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    skipped_kinds: list[str] = field(default_factory=list)
+    reports: int = 0
+
+    @property
+    def counters(self) -> dict[str, int]:
+        counts = Counter(f.planned.action.value for f in self.findings)
+        counts["unrouted"] = sum(1 for f in self.findings if f.routed is None and
+                                 f.planned.action in (Action.NEW, Action.RESUME))
+        counts["reports"] = self.reports
+        counts["violations"] = len(self.findings)
+        counts["resolved"] = len(self.resolved)
+        return dict(counts)
+
+
+def _namespaces_to_list(flt: ViolationFilter) -> list[str | None]:
+    """Per-namespace LISTs when the include list names plain namespaces (works with namespaced RBAC);
+    one cluster-wide LIST otherwise."""
+    if flt.namespaces and not any(_GLOB & set(ns) for ns in flt.namespaces):
+        return list(flt.namespaces)
+    return [None]
+
+
+def served_report_kinds(kube: KubeClient, scan: Scan) -> list[ReportKind]:
+    """The report kinds whose CRDs are installed; a missing one is noted once, not an error."""
+    served = []
+    for kind in REPORT_KINDS:
+        if kube.is_served(kind):
+            served.append(kind)
+        else:
+            scan.skipped_kinds.append(kind.kind)
+    return served
+
+
+def scan_cluster(
+    kube: KubeClient,
+    settings: Settings,
+    routing: RoutingTable,
+    *,
+    now: datetime,
+    lease_seconds: float = 300.0,
+) -> Scan:
+    """Read every report, diff it against the records on it, route what needs a chain."""
+    scan = Scan()
+    flt = settings.violation_filter()
+    pending: list[tuple[ReportRef, list[Violation], dict[str, Record]]] = []
+    for kind in served_report_kinds(kube, scan):
+        namespaces = _namespaces_to_list(flt) if kind.namespaced else [None]
+        if not kind.namespaced and not flt.cluster_reports:
+            continue
+        for namespace in namespaces:
+            for item in kube.list_reports(kind, namespace=namespace, label_selector=settings.report_selector,
+                                          page_size=settings.page_size):
+                parsed = parse_report(kind, item)
+                if not flt.wants_namespace(parsed.ref.namespace):
+                    continue
+                scan.reports += 1
+                scan.problems.extend(parsed.problems)
+                records, problems = read_records(parsed.annotations)
+                scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
+                wanted = [v for v in parsed.violations if flt.wants(v)]
+                if not wanted and not records:
+                    continue
+                pending.append((parsed.ref, wanted, records))
+    # Resource changes matter only for violations already handled; look up generations for their
+    # kinds only, with one metadata LIST per kind.
+    generations: dict[str, int] | None = None
+    if settings.track_resource_changes:
+        kinds = {
+            (v.resource.api_version, v.resource.kind)
+            for _, violations, records in pending
+            for v in violations
+            if (r := records.get(v.key)) is not None and r.generation is not None and r.status not in
+            (Status.RESOLVED, Status.PENDING, Status.QUEUED, Status.RUNNING)
+        }
+        generations = {}
+        for api_version, resource_kind in sorted(kinds):
+            try:
+                generations.update(kube.resource_generations(api_version, resource_kind,
+                                                             page_size=settings.page_size))
+            except (ForbiddenError, NotFoundError) as exc:
+                scan.problems.append(f"cannot tell whether {resource_kind} objects changed: {exc}")
+    for ref, violations, records in pending:
+        plan = plan_report(violations, records, generations=generations, now=now, lease_seconds=lease_seconds)
+        scan.resolved.extend((ref, record) for record in plan.resolved)
+        for planned in plan.planned:
+            routed = None
+            if planned.action in (Action.NEW, Action.RESUME, Action.BUSY):
+                routed = _route(kube, routing, planned.violation, scan)
+            elif planned.record is not None and planned.record.workflow:
+                routed = RoutedTest(route="recorded", workflow=planned.record.workflow, config={}, tags={})
+            scan.findings.append(Finding(planned=planned, routed=routed))
+    return scan
+
+
+def _route(kube: KubeClient, routing: RoutingTable, violation: Violation, scan: Scan) -> RoutedTest | None:
+    labels: dict[str, str] | None = None
+    if routing.needs_labels:
+        labels = resource_labels(kube, violation, scan.problems)
+    return routing.route(violation, labels)
+
+
+def resource_labels(kube: KubeClient, violation: Violation, problems: list[str]) -> dict[str, str] | None:
+    """The failing resource's labels (None when it cannot be read; the problem is noted)."""
+    try:
+        resource = kube.get_resource(violation.resource)
+    except (ForbiddenError, NotFoundError) as exc:
+        problems.append(f"{violation.title}: cannot read the resource's labels: {exc}")
+        return None
+    labels = (resource.get("metadata") or {}).get("labels") or {}
+    return {str(k): str(v) for k, v in labels.items()}
+

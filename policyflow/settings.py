@@ -1,0 +1,203 @@
+"""Settings: ``POLICYFLOW_*`` environment variables, the YAML config file, and CLI flags.
+
+Precedence, highest first: CLI flags, environment variables, the config file, defaults. The config
+file (``--config`` / ``POLICYFLOW_CONFIG``) holds ``routes:`` and may set any setting below by its
+field name (``namespaces:``, ``await_timeout:``...). Anything invalid stops before any work with
+:class:`ConfigError`, one line per problem, naming the field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from policyflow.domain.errors import ConfigError
+from policyflow.domain.model import ResultKind
+from policyflow.domain.reports import ViolationFilter
+from policyflow.domain.routing import Route, RoutingTable
+
+CommaList = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything policyflow can be told. Each field is also ``POLICYFLOW_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="POLICYFLOW_", extra="forbid", frozen=True)
+
+    # --- Testkube -------------------------------------------------------------------------------
+    testkube_url: AnyHttpUrl | None = Field(
+        None, description="Testkube API: the agent (http://testkube-api-server.testkube:8088) or Cloud host"
+    )
+    testkube_org: str | None = Field(None, description="Testkube Cloud/Pro organization id (tkcorg_...)")
+    testkube_env: str | None = Field(None, description="Testkube Cloud/Pro environment id (tkcenv_...)")
+    testkube_token: SecretStr | None = Field(None, description="Bearer token for Testkube (Cloud/Pro)")
+    testkube_token_block: str | None = Field(
+        None, description="Name of a Prefect Secret block holding the Testkube token"
+    )
+    testkube_ca_file: Path | None = Field(None, description="CA bundle to verify Testkube's TLS certificate")
+    testkube_insecure: bool = Field(False, description="Skip TLS verification for Testkube (never in production)")
+    testkube_timeout: float = Field(15.0, gt=0, description="Seconds per Testkube HTTP request")
+    default_workflow: str | None = Field(None, description="Catch-all route: the TestWorkflow for any violation")
+
+    # --- Cluster --------------------------------------------------------------------------------
+    kubeconfig: Path | None = Field(
+        None, description="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
+    )
+    context: str | None = Field(None, description="kubeconfig context")
+    namespaces: CommaList = Field((), description="Only reports in these namespaces (globs)")
+    exclude_namespaces: CommaList = Field((), description="Never reports in these namespaces (globs)")
+    cluster_reports: bool = Field(True, description="Read cluster-scoped reports too")
+    report_selector: str = Field(
+        "app.kubernetes.io/managed-by=kyverno", description="Label selector for reports (empty: all)"
+    )
+    policies: CommaList = Field((), description="Only these policies (globs)")
+    results: CommaList = Field(("fail",), description="Result kinds that are violations: fail, error, warn")
+    severities: CommaList = Field((), description="Only these severities (critical, high, medium, low, info)")
+    page_size: int = Field(500, ge=1, le=10000, description="Reports per LIST page")
+    track_resource_changes: bool = Field(
+        True, description="A still-failing resource whose generation changed is a new violation"
+    )
+
+    # --- The chain ------------------------------------------------------------------------------
+    await_timeout: float = Field(1800.0, gt=0, description="Seconds to wait for a test's result")
+    poll_interval: float = Field(2.0, gt=0, description="First wait between execution polls (backs off)")
+    poll_interval_max: float = Field(30.0, gt=0, description="Longest wait between execution polls")
+    retries: int = Field(4, ge=0, le=20, description="Retries of a step after a transient error")
+    retry_delay: float = Field(2.0, ge=0, description="First retry delay in seconds (doubles, with jitter)")
+    max_concurrent_chains: int = Field(16, ge=1, le=1000, description="Chains run at once in one cycle")
+
+    config: Path | None = Field(None, description="YAML config file with routes (and any setting)")
+
+    @field_validator("namespaces", "exclude_namespaces", "policies", "results", "severities", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("results")
+    @classmethod
+    def _known_results(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = {k.value for k in ResultKind}
+        for item in value:
+            if item not in known:
+                raise ValueError(f"{item!r} is not a result kind; use fail, error or warn")
+        return value
+
+    @field_validator("severities")
+    @classmethod
+    def _known_severities(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        known = ("critical", "high", "medium", "low", "info")
+        for item in value:
+            if item not in known:
+                raise ValueError(f"{item!r} is not a severity; use {', '.join(known)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cloud_pair(self) -> Settings:
+        if bool(self.testkube_org) != bool(self.testkube_env):
+            raise ValueError("set both testkube_org and testkube_env (Testkube Cloud/Pro) or neither (OSS agent)")
+        return self
+
+    def violation_filter(self) -> ViolationFilter:
+        """The filters as the pure core wants them."""
+        return ViolationFilter(
+            namespaces=self.namespaces,
+            exclude_namespaces=self.exclude_namespaces,
+            policies=self.policies,
+            results=frozenset(ResultKind(r) for r in self.results),
+            severities=frozenset(self.severities),
+            cluster_reports=self.cluster_reports,
+        )
+
+
+def _error_lines(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling; see the configuration reference in the README)"
+        lines.append(f"{origin}: {where}: {message}")
+    return "\n".join(lines)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"config file {path}: cannot read it ({exc.strerror}); check --config / POLICYFLOW_CONFIG"
+        ) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file {path}: {problem}{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path}: the top level must be a mapping (routes:, settings...), not {type(data).__name__}"
+        )
+    return data
+
+
+def load(overrides: dict[str, Any] | None = None) -> tuple[Settings, RoutingTable]:
+    """Settings and routes from CLI ``overrides``, the environment and the config file.
+
+    Raises :class:`ConfigError` with one line per problem.
+    """
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    try:
+        first = Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_error_lines(exc, "setting")) from None
+    file_values: dict[str, Any] = {}
+    routes_data: Any = []
+    if first.config is not None:
+        file_values = _read_config_file(first.config)
+        routes_data = file_values.pop("routes", []) or []
+        file_values.pop("config", None)
+        file_data = dict(file_values)
+
+        class _WithFile(Settings):
+            @classmethod
+            def settings_customise_sources(
+                cls,
+                settings_cls: type[BaseSettings],
+                init_settings: PydanticBaseSettingsSource,
+                env_settings: PydanticBaseSettingsSource,
+                dotenv_settings: PydanticBaseSettingsSource,
+                file_secret_settings: PydanticBaseSettingsSource,
+            ) -> tuple[PydanticBaseSettingsSource, ...]:
+                return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_data))
+
+        try:
+            settings: Settings = _WithFile(**overrides)
+        except ValidationError as exc:
+            raise ConfigError(_error_lines(exc, f"config file {first.config}")) from None
+    else:
+        settings = first
+    if not isinstance(routes_data, list):
+        raise ConfigError(f"config file {settings.config}: routes must be a list of routes")
+    routes = []
+    for index, item in enumerate(routes_data):
+        try:
+            routes.append(Route.model_validate(item))
+        except ValidationError as exc:
+            raise ConfigError(_error_lines(exc, f"config file {settings.config}: routes[{index}]")) from None
+    table = RoutingTable(routes=tuple(routes), default_workflow=settings.default_workflow)
+    return settings, table

@@ -1,0 +1,365 @@
+"""The four steps of a violation's chain, each a Prefect task with its own retry policy:
+fetch-violation -> trigger-testkube -> await-result -> annotate-report.
+
+Each task calls a client and a pure function; the retry policy reads only the error's type:
+:class:`TransientError` is retried with exponential backoff and jitter (after at least the server's
+``Retry-After``), anything else fails the step at once with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import Task, task
+from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import State, TaskRun
+from prefect.tasks import exponential_backoff
+
+from policyflow.clients.kube import ConflictError, ForbiddenError, KubeClient
+from policyflow.clients.testkube import Execution, TestkubeClient
+from policyflow.domain.errors import NotFoundError, PermanentError, PolicyflowError, TransientError
+from policyflow.domain.events import event_for
+from policyflow.domain.ledger import (
+    IN_FLIGHT,
+    Action,
+    Planned,
+    Record,
+    Status,
+    annotation_name,
+    episode_id,
+    plan_violation,
+    read_records,
+)
+from policyflow.domain.model import ReportRef, Violation
+from policyflow.domain.reports import parse_report
+from policyflow.domain.routing import RoutedTest
+from policyflow.domain.testrun import execution_request, execution_tags
+from tasks.runtime import current
+
+log = logging.getLogger("policyflow.chain")
+
+#: Who writes in-flight records from this process (see Record.owner).
+OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+#: An in-flight record younger than this belongs to a live chain (chains refresh it while waiting).
+LEASE_SECONDS = 300.0
+
+
+def now_iso() -> str:
+    """Now, as the records write it (UTC, ISO 8601)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class ClaimLost(PolicyflowError):
+    """Another policyflow process claimed this episode first; it will run the test."""
+
+
+# --- data passed between the steps -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Which violation a chain is for: a report, and the policy/rule (and resource) in it."""
+
+    report: ReportRef
+    policy: str
+    rule: str
+    resource_uid: str | None = None
+    resource_name: str | None = None
+    force_new_episode: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What fetch-violation found. ``violation`` is None when the failure is gone."""
+
+    target: Target
+    violation: Violation | None
+    planned: Planned | None
+    record: Record | None
+    report_version: str
+    labels: dict[str, str] | None = None
+    generation: int | None = None
+    gone_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Triggered:
+    """The episode's execution, started now or found again, and the record written for it."""
+
+    record: Record
+    execution: Execution
+    reused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Awaited:
+    """How the execution ended, from policyflow's point of view (``timedout`` included)."""
+
+    status: Status
+    execution: Execution
+    waited_seconds: float
+
+
+# --- retry policy ----------------------------------------------------------------------------------
+
+
+def retry_on_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
+    """Prefect's retry condition: only transient errors are worth another try."""
+    exception = state.result(raise_on_failure=False)
+    return isinstance(exception, TransientError)
+
+
+async def _respect_retry_after(exc: TransientError) -> None:
+    # Prefect's backoff is fixed per task; honour a server's Retry-After before handing over to it.
+    if exc.retry_after:
+        await asyncio.sleep(min(exc.retry_after, 60.0))
+
+
+def step_options() -> dict[str, Any]:
+    """Retry options from the settings, for ``task.with_options`` (tests shorten the delays)."""
+    settings = current().settings
+    return {
+        "retries": settings.retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=settings.retry_delay)
+        if settings.retry_delay
+        else 0,
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_on_transient,
+    }
+
+
+# --- fetch-violation -------------------------------------------------------------------------------
+
+
+@task(name="fetch-violation", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
+async def fetch_violation(target: Target) -> Fetched:
+    """Re-read the report; if the failure is gone say so, else collect what the next steps need."""
+    runtime = current()
+    kube = runtime.kube
+    try:
+        report = await asyncio.to_thread(kube.get_report, target.report)
+    except NotFoundError:
+        return Fetched(target, None, None, None, "", gone_reason="the report was deleted")
+    except TransientError as exc:
+        await _respect_retry_after(exc)
+        raise
+    parsed = parse_report(target.report.kind, report)
+    records, _ = read_records(parsed.annotations)
+    results = runtime.settings.violation_filter().results
+    matches = [
+        v for v in parsed.violations
+        if v.policy == target.policy and v.rule == target.rule and v.result in results
+        and (target.resource_uid is None or v.resource.uid == target.resource_uid)
+        and (target.resource_name is None or v.resource.name == target.resource_name)
+    ]
+    if not matches:
+        previous = [r for r in records.values() if r.policy == target.policy and r.rule == target.rule]
+        record = max(previous, key=lambda r: r.updated) if previous else None
+        return Fetched(target, None, None, record, parsed.resource_version,
+                       gone_reason="the report no longer shows this failure")
+    if len({v.key for v in matches}) > 1:
+        raise PermanentError(
+            f"{target.report} has {len(matches)} failing resources for {target.policy}/{target.rule}: "
+            "give resource_name to choose one"
+        )
+    violation = matches[0]
+    record = records.get(violation.key)
+    labels, generation = None, None
+    try:
+        resource = await asyncio.to_thread(kube.get_resource, violation.resource)
+    except NotFoundError:
+        return Fetched(target, None, None, record, parsed.resource_version,
+                       gone_reason="the failing resource was deleted")
+    except ForbiddenError as exc:
+        log.warning("%s: cannot read the resource (%s); routing without its labels", violation.title, exc)
+    else:
+        metadata = resource.get("metadata") or {}
+        labels = {str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}
+        generation = metadata.get("generation") if isinstance(metadata.get("generation"), int) else None
+    track = runtime.settings.track_resource_changes and generation is not None and violation.resource.uid
+    planned = plan_violation(
+        violation,
+        record,
+        generations={violation.resource.uid or "": generation} if track and generation is not None else None,
+        now=datetime.now(UTC),
+        lease_seconds=LEASE_SECONDS,
+    )
+    if record is not None and record.owner == OWNER and planned.action is Action.BUSY:
+        # Our own earlier attempt in this process (a Prefect retry): carry on with it.
+        planned = replace(planned, action=Action.RESUME)
+    if target.force_new_episode and planned.action is Action.HANDLED:
+        planned = replace(planned, action=Action.NEW, episode=planned.episode + 1, reason="run by hand")
+    return Fetched(target, violation, planned, record, parsed.resource_version, labels, generation)
+
+
+# --- trigger-testkube ------------------------------------------------------------------------------
+
+
+def _claim(kube: KubeClient, violation: Violation, claim: Record, report_version: str,
+           previous: Record | None) -> None:
+    """Write ``claim`` only if nobody else wrote this violation's record since we read it.
+
+    The patch is conditional on the report's resourceVersion. A 409 means the report changed: if the
+    record is still what we read (Kyverno rewrote its results, say), try again on the new version; if
+    another process wrote the record, it owns the episode.
+    """
+    name = annotation_name(violation.key)
+    version = report_version
+    for _ in range(8):
+        try:
+            kube.patch_report_annotations(violation.report, {name: claim.to_json()}, resource_version=version)
+            return
+        except ConflictError:
+            report = kube.get_report(violation.report)
+            records, _ = read_records((report.get("metadata") or {}).get("annotations") or {})
+            now = records.get(violation.key)
+            ours = now is not None and now.owner == OWNER and now.episode == claim.episode
+            if now != previous and not ours:
+                raise ClaimLost(f"{violation.title}: another policyflow process is handling it") from None
+            version = (report.get("metadata") or {}).get("resourceVersion") or ""
+    raise TransientError(f"{violation.report}: kept changing while policyflow tried to claim {violation.title}")
+
+
+def _write_record(kube: KubeClient, violation_report: ReportRef, record: Record) -> bool:
+    """Merge-patch ``record`` onto its report. False (logged) when the report is gone."""
+    try:
+        kube.patch_report_annotations(violation_report, {annotation_name(record.key): record.to_json()})
+    except NotFoundError:
+        log.warning("%s vanished; the record of %s/%s was not written", violation_report, record.policy, record.rule)
+        return False
+    return True
+
+
+def _post_event(kube: KubeClient, violation: Violation, record: Record) -> None:
+    event = event_for(violation, record, now=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), instance=OWNER)
+    try:
+        kube.create_event(event)
+    except (ForbiddenError, NotFoundError) as exc:
+        log.warning("no Event for %s: %s", violation.title, exc)
+
+
+@task(name="trigger-testkube", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
+async def trigger_testkube(fetched: Fetched, routed: RoutedTest) -> Triggered:
+    """Start the routed TestWorkflow for this episode, or find the run a previous attempt started."""
+    runtime = current()
+    violation, planned = fetched.violation, fetched.planned
+    assert violation is not None and planned is not None
+    kube = runtime.kube
+    episode = planned.episode
+    previous = fetched.record
+    try:
+        async with await runtime.testkube() as testkube:
+            if previous is not None and previous.episode == episode and previous.execution:
+                execution = await testkube.get_execution(execution_id=previous.execution)
+                log.info("%s: resuming with execution %s", violation.title, execution.name)
+                return Triggered(record=previous, execution=execution, reused=True)
+            same_episode = previous is not None and previous.episode == episode
+            claim = Record(
+                key=violation.key, policy=violation.policy, rule=violation.rule, resource=str(violation.resource),
+                status=Status.PENDING, episode=episode, report_uid=violation.report_uid, updated=now_iso(),
+                workflow=routed.workflow, generation=fetched.generation,
+                detected=previous.detected if same_episode and previous else now_iso(), owner=OWNER,
+            )
+            await asyncio.to_thread(_claim, kube, violation, claim, fetched.report_version, previous)
+            started = await _start_once(testkube, violation, routed, episode_id(violation.report_uid, episode))
+    except TransientError as exc:
+        await _respect_retry_after(exc)
+        raise
+    execution, reused = started
+    record = replace(
+        claim,
+        status=Status.RUNNING if execution.status not in ("queued",) else Status.QUEUED,
+        execution=execution.id,
+        execution_name=execution.name,
+        updated=now_iso(),
+    )
+    if await asyncio.to_thread(_write_record, kube, violation.report, record):
+        await asyncio.to_thread(_post_event, kube, violation, record)
+    log.info("%s: %s execution %s of %s", violation.title, "found" if reused else "started",
+             execution.name, routed.workflow)
+    return Triggered(record=record, execution=execution, reused=reused)
+
+
+async def _start_once(testkube: TestkubeClient, violation: Violation, routed: RoutedTest,
+                      episode: str) -> tuple[Execution, bool]:
+    """The episode's execution: the one already tagged with its key and episode, else a new one.
+
+    Looking first is what makes a retried trigger safe: when a POST's response was lost after the
+    agent started the run, the retry finds that run instead of starting a second.
+    """
+    existing = await testkube.find_executions(tags=execution_tags(violation, episode))
+    if existing:
+        return existing[0], True
+    request = execution_request(violation, routed, episode)
+    return await testkube.run_workflow(workflow=routed.workflow, request=request), False
+
+
+# --- await-result ----------------------------------------------------------------------------------
+
+
+@task(name="await-result", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
+async def await_result(report: ReportRef, triggered: Triggered) -> Awaited:
+    """Poll the execution until it finishes or the overall timeout passes (an outcome of its own)."""
+    runtime = current()
+    settings = runtime.settings
+    title = f"{triggered.record.policy}/{triggered.record.rule} {triggered.record.resource}"
+    execution = triggered.execution
+    started = time.monotonic()
+    deadline = started + settings.await_timeout
+    delay = settings.poll_interval
+    last_heartbeat = time.monotonic()
+    record = triggered.record
+    async with await runtime.testkube() as testkube:
+        while not execution.finished:
+            if time.monotonic() >= deadline:
+                log.warning("%s: no result from %s after %.0f s", title, execution.name,
+                            settings.await_timeout)
+                return Awaited(Status.TIMEDOUT, execution, time.monotonic() - started)
+            await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
+            delay = min(delay * 1.5, settings.poll_interval_max)
+            try:
+                execution = await testkube.get_execution(execution_id=execution.id)
+            except TransientError as exc:
+                # Keep waiting through Testkube hiccups; the overall timeout still bounds the wait.
+                log.info("%s: polling %s: %s", title, execution.name, exc)
+                continue
+            if time.monotonic() - last_heartbeat > LEASE_SECONDS / 3:
+                # Refresh the record so other pollers see this chain is alive (see Record.owner).
+                record = replace(record, status=Status.RUNNING, updated=now_iso(), owner=OWNER)
+                await asyncio.to_thread(_write_record, runtime.kube, report, record)
+                last_heartbeat = time.monotonic()
+    return Awaited(Status(execution.status), execution, time.monotonic() - started)
+
+
+# --- annotate-report -------------------------------------------------------------------------------
+
+
+@task(name="annotate-report", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
+async def annotate_report(report: ReportRef, record: Record, violation: Violation | None) -> Record:
+    """Write the final record onto the report, and an Event onto the failing resource (when known)."""
+    runtime = current()
+    final = replace(record, updated=now_iso(), owner=None,
+                    finished=now_iso() if record.status not in IN_FLIGHT else None)
+    try:
+        if await asyncio.to_thread(_write_record, runtime.kube, report, final) and violation is not None:
+            await asyncio.to_thread(_post_event, runtime.kube, violation, final)
+    except TransientError as exc:
+        await _respect_retry_after(exc)
+        raise
+    return final
+
+
+async def release(report: ReportRef, record: Record) -> None:
+    """Best effort: mark an in-flight record as abandoned so the next cycle resumes it at once."""
+    try:
+        await asyncio.to_thread(_write_record, current().kube, report, replace(record, owner=None, updated=now_iso()))
+    except PolicyflowError as exc:
+        log.info("could not release %s/%s: %s", record.policy, record.rule, exc)
