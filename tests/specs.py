@@ -1,0 +1,28 @@
+"""Where the upstream contract files are: ``../shared/specs`` beside the checkout (or $POLICYFLOW_SPECS)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SPECS = Path(os.environ.get("POLICYFLOW_SPECS", ROOT.parent / "shared" / "specs"))
+EXAMPLES = SPECS / "examples"
+CRDS = SPECS / "crds"
+REPORT_CRDS = [
+    CRDS / "wgpolicyk8s.io_policyreports.yaml",
+    CRDS / "wgpolicyk8s.io_clusterpolicyreports.yaml",
+    CRDS / "openreports.io_reports.yaml",
+    CRDS / "openreports.io_clusterreports.yaml",
+]
+TESTKUBE_OPENAPI = SPECS / "testkube" / "openapi.yaml"
+
+
+def example(name: str) -> dict[str, Any]:
+    """An example report from shared/specs/examples, as the API would return it."""
+    data = yaml.safe_load((EXAMPLES / name).read_text())
+    assert isinstance(data, dict)
+    return data

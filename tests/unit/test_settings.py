@@ -1,0 +1,84 @@
+"""Settings and the config file: precedence, and one clear line per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from policyflow import settings
+from policyflow.domain.errors import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("POLICYFLOW_"):
+            monkeypatch.delenv(name)
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policyflow.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_env_overrides_file_and_cli_overrides_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, "await_timeout: 60\npage_size: 10\nnamespaces: [a, b]\nroutes:\n- workflow: w\n")
+    monkeypatch.setenv("POLICYFLOW_PAGE_SIZE", "20")
+    monkeypatch.setenv("POLICYFLOW_SEVERITIES", "high,critical")
+    s, routing = settings.load({"config": str(path), "context": "ctx"})
+    assert (s.await_timeout, s.page_size, s.namespaces) == (60, 20, ("a", "b"))
+    assert s.severities == ("high", "critical")
+    assert s.context == "ctx"
+    assert routing.routes[0].workflow == "w"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("await_timeout: soon\n", "await_timeout: Input should be a valid number"),
+        ("retrys: 3\n", "retrys: unknown setting"),
+        ("routes:\n- workflow: w\n  match: {policy: [x]}\n", "routes[0]: match.policy: unknown setting"),
+        ("routes:\n- workflow: '{resource.nam}'\n", "routes[0]: workflow: unknown placeholder {resource.nam}"),
+        ("routes:\n- match: {}\n", "routes[0]: workflow: Field required"),
+        ("routes: {workflow: w}\n", "routes must be a list"),
+        ("routes: [\n", "line"),
+        ("- a\n", "top level must be a mapping"),
+        ("results: [fail, maybe]\n", "'maybe' is not a result kind"),
+    ],
+)
+def test_bad_config_files_name_the_field(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        settings.load({"config": str(path)})
+    message = str(info.value)
+    assert expected in message
+    assert str(path) in message
+    assert "Traceback" not in message
+
+
+def test_bad_env_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLICYFLOW_TESTKUBE_URL", "not a url")
+    with pytest.raises(ConfigError, match="testkube_url"):
+        settings.load()
+
+
+def test_cloud_needs_both_org_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLICYFLOW_TESTKUBE_ORG", "tkcorg_1")
+    with pytest.raises(ConfigError, match="testkube_org and testkube_env"):
+        settings.load()
+
+
+def test_missing_file_says_which(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read it"):
+        settings.load({"config": str(tmp_path / "nope.yaml")})
+
+
+def test_token_is_secret_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POLICYFLOW_TESTKUBE_TOKEN", "tkcapi_supersecret")
+    s, _ = settings.load()
+    assert "supersecret" not in repr(s)
+    assert "supersecret" not in str(s.model_dump())
