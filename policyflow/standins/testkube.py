@@ -12,6 +12,7 @@ It speaks the API the way the real agent does, not the way ``api/v1/testkube.yam
 * List endpoints answer with one object ``{totals, filtered, results}`` (the spec says an array), read
   ``page``/``pageSize``/``status``/``selector``/``textSearch`` although the spec does not declare them,
   drop the whole ``status`` filter when any value is unknown, and fall back to 100 for ``pageSize=0``.
+  ``totals`` is counted with a default filter and so never exceeds 100.
 * Unset times are ``"0001-01-01T00:00:00Z"`` (Go's zero ``time.Time``), durations are Go strings.
 * Errors are RFC 7807 bodies served as ``application/json`` (fiber's ``c.JSON`` drops problem+json).
 * An execution can be addressed by its id or its name.
@@ -80,8 +81,9 @@ OUTCOMES = frozenset(TERMINAL_STATUSES | {"never"})
 NAMESPACE = "testkube"
 DEFAULT_PAGE_SIZE = 100  # pkg/repository/testworkflow/interface.go: PageDefaultLimit
 
-# Real error texts (internal/app/api/v1/*.go at the commit SOURCES.md names); a Kubernetes NotFound for
-# the TestWorkflow CR and a Mongo "no documents" for executions are what the agent wraps.
+# Error details are built like the agent's handlers build them ("<prefix>: <description>: <error>", read
+# in kubeshop/testkube internal/app/api/v1 at commits near the one SOURCES.md names): the wrapped error
+# is a Kubernetes NotFound for the TestWorkflow CR, or Mongo's "no documents" for an execution.
 _WORKFLOW_NOT_FOUND = 'testworkflows.testworkflows.testkube.io "{name}" not found'
 _NO_DOCUMENTS = "mongo: no documents in result"
 _WORKFLOW_KEYS = ("name", "namespace", "labels")  # what an execution (summary) keeps of its workflow
@@ -495,29 +497,23 @@ class TestkubeStandin:
         self._ids = itertools.count(secrets.randbelow(0xFFFFFF))
         for name in workflows:
             self.add_workflow(name)
-        self._routes: list[tuple[str, re.Pattern[str], Handler, bool]] = [
-            # method, path relative to the base, handler, "has a JSON request body"
-            ("GET", re.compile(r"/test-workflows"), self._list_workflows, False),
-            ("GET", re.compile(r"/test-workflows/(?P<name>[^/]+)"), self._get_workflow, False),
-            ("POST", re.compile(r"/test-workflows/(?P<name>[^/]+)/executions"), self._run, True),
-            ("GET", re.compile(r"/test-workflows/(?P<name>[^/]+)/executions"), self._list_executions, False),
-            (
-                "GET",
-                re.compile(r"/test-workflows/(?P<name>[^/]+)/executions/(?P<id>[^/]+)"),
-                self._get,
-                False,
-            ),
-            (
-                "POST",
-                re.compile(r"/test-workflows/(?P<name>[^/]+)/executions/(?P<id>[^/]+)/abort"),
-                self._abort,
-                False,
-            ),
-            ("POST", re.compile(r"/test-workflows/(?P<name>[^/]+)/abort"), self._abort_all, False),
-            ("POST", re.compile(r"/test-workflow-executions"), self._run_by_selector, True),
-            ("GET", re.compile(r"/test-workflow-executions"), self._list_executions, False),
-            ("GET", re.compile(r"/test-workflow-executions/(?P<id>[^/]+)"), self._get, False),
-            ("POST", re.compile(r"/test-workflow-executions/(?P<id>[^/]+)/abort"), self._abort, False),
+        routes: list[tuple[str, str, Handler, bool]] = [
+            # method, path under the base, handler, whether the body is a TestWorkflowExecutionRequest
+            ("GET", "/test-workflows", self._list_workflows, False),
+            ("GET", "/test-workflows/{name}", self._get_workflow, False),
+            ("POST", "/test-workflows/{name}/executions", self._run, True),
+            ("GET", "/test-workflows/{name}/executions", self._list_executions, False),
+            ("GET", "/test-workflows/{name}/executions/{id}", self._get, False),
+            ("POST", "/test-workflows/{name}/executions/{id}/abort", self._abort, False),
+            ("POST", "/test-workflows/{name}/abort", self._abort_all, False),
+            ("POST", "/test-workflow-executions", self._run_by_selector, True),
+            ("GET", "/test-workflow-executions", self._list_executions, False),
+            ("GET", "/test-workflow-executions/{id}", self._get, False),
+            ("POST", "/test-workflow-executions/{id}/abort", self._abort, False),
+        ]
+        self._routes = [
+            (method, re.compile(re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", template)), handler, has_body)
+            for method, template, handler, has_body in routes
         ]
         methods = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
         app = Starlette(routes=[Route("/{path:path}", self._endpoint, methods=methods)])
@@ -636,13 +632,10 @@ class TestkubeStandin:
             body = json.loads(raw) if raw else None
         except ValueError:
             body = None
-        query: dict[str, str] = {}
-        for key, value in request.query_params.multi_items():
-            query.setdefault(key, value)  # fasthttp's Query() returns the first value
         recorded = RecordedRequest(
             method=request.method,
             path=request.url.path,
-            query=query,
+            query=_first_values(request),
             headers={k.lower(): v for k, v in request.headers.items()},
             body=body,
             raw=raw,
@@ -700,36 +693,27 @@ class TestkubeStandin:
         if self._token is not None and request.headers.get("authorization") != f"Bearer {self._token}":
             return _error(401, "missing or invalid api token")
         path = request.url.path
-        relative = path[len(self._prefix) :] if path.startswith(self._prefix + "/") else None
-        if relative is not None and len(relative) > 1:
-            relative = relative.rstrip("/")  # fiber routes are not strict about a trailing slash
+        # fiber routes are not strict about a trailing slash.
+        relative = path[len(self._prefix) :].rstrip("/") if path.startswith(self._prefix + "/") else ""
         route = self._match(request.method, relative)
-        if route is None or relative is None:
-            # fiber's default for an unknown route.
-            return PlainTextResponse(f"Cannot {request.method} {path}", 404)
+        if route is None:
+            return PlainTextResponse(f"Cannot {request.method} {path}", 404)  # fiber's unknown-route answer
         handler, params, has_body = route
         content_type = request.headers.get("content-type", "")
         if self._openapi is not None:
             invalid = self._validate(request, relative, raw, content_type, has_body)
             if invalid is not None:
                 return _error(400, f"request does not match the OpenAPI spec: {invalid}")
-        query: dict[str, str] = {}
-        for key, value in request.query_params.multi_items():
-            query.setdefault(key, value)
-        return handler(_Call(params=params, query=query, content_type=content_type, raw=raw))
+        return handler(_Call(params=params, query=_first_values(request), content_type=content_type, raw=raw))
 
-    def _match(self, method: str, relative: str | None) -> tuple[Handler, dict[str, str], bool] | None:
-        if relative is None:
-            return None
+    def _match(self, method: str, relative: str) -> tuple[Handler, dict[str, str], bool] | None:
         for route_method, pattern, handler, has_body in self._routes:
             found = pattern.fullmatch(relative)
             if found and route_method == method:
                 return handler, found.groupdict(), has_body
         return None
 
-    def _validate(
-        self, request: Request, relative: str, raw: bytes, content_type: str, has_body: bool
-    ) -> str | None:
+    def _validate(self, request: Request, relative: str, raw: bytes, content_type: str, has_body: bool) -> str | None:
         from openapi_core.datatypes import RequestParameters
 
         body: bytes | None = raw or None
@@ -767,9 +751,7 @@ class TestkubeStandin:
         with self._lock:
             workflow = copy.deepcopy(self._workflows.get(name))
         if workflow is None:
-            detail = f"failed to get test workflow '{name}': client not found: " + _WORKFLOW_NOT_FOUND.format(
-                name=name
-            )
+            detail = f"failed to get test workflow '{name}': client not found: " + _WORKFLOW_NOT_FOUND.format(name=name)
             return _error(404, detail)
         return JSONResponse(workflow)
 
@@ -856,8 +838,7 @@ class TestkubeStandin:
                 "initialization": {"status": "queued"},
                 "steps": {},
             },
-            "workflow": {key: copy.deepcopy(workflow[key]) for key in _WORKFLOW_KEYS if key in workflow}
-            | {"spec": {}},
+            "workflow": {key: copy.deepcopy(workflow[key]) for key in _WORKFLOW_KEYS if key in workflow} | {"spec": {}},
         }
         # Optional request fields land on the execution only when set (Go's omitempty).
         if body.get("testWorkflowExecutionName"):
@@ -877,7 +858,7 @@ class TestkubeStandin:
             }
         if body.get("runtime"):
             doc["runtime"] = copy.deepcopy(body["runtime"])
-        self._executions.append(_Execution(doc=doc, workflow=workflow_name, seq=len(self._executions)))
+        self._executions.append(_Execution(doc=doc, workflow=workflow_name, seq=len(self._executions), status_at=now))
         return copy.deepcopy(doc)
 
     # ---- reading and the state machine -------------------------------------------------------------
@@ -1015,6 +996,14 @@ class TestkubeStandin:
 def _check_outcome(outcome: str) -> None:
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {sorted(OUTCOMES)}, not {outcome!r}")
+
+
+def _first_values(request: Request) -> dict[str, str]:
+    """Query parameters with the first value of each (fasthttp's ``Query()``; Starlette keeps the last)."""
+    query: dict[str, str] = {}
+    for key, value in request.query_params.multi_items():
+        query.setdefault(key, value)
+    return query
 
 
 def _is_json(content_type: str) -> bool:

@@ -153,7 +153,7 @@ def test_matches_label_selector_equality_exists_and_last_one_wins() -> None:
 
 
 def test_parse_status_filter_drops_the_whole_filter_on_one_unknown_value() -> None:
-    assert parse_status_filter("passed,failed") == {"passed", "failed"}
+    assert parse_status_filter("passed,failed") == frozenset({"passed", "failed"})
     assert parse_status_filter("passed,success") is None
     assert parse_status_filter("") is None
 
@@ -429,11 +429,11 @@ def test_list_tag_selector(client: httpx.Client, wf: str) -> None:
 
 
 def test_list_text_search_is_a_case_insensitive_regex(client: httpx.Client, wf: str) -> None:
-    for _ in range(12):
+    for _ in range(3):
         run(client, wf)
-    response = client.get(f"/test-workflows/{wf}/executions", params={"textSearch": wf.upper() + "-1[0-2]$"})
+    response = client.get(f"/test-workflows/{wf}/executions", params={"textSearch": wf.upper() + "-[23]$"})
 
-    assert sorted(r["name"] for r in response.json()["results"]) == [f"{wf}-10", f"{wf}-11", f"{wf}-12"]
+    assert sorted(r["name"] for r in response.json()["results"]) == [f"{wf}-2", f"{wf}-3"]
     assert_problem(client.get(f"/test-workflows/{wf}/executions", params={"textSearch": "("}), 502)
 
 
