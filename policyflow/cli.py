@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Exit status: 0 every chain finished and every test passed; 1 some test did not pass; "
         "2 usage or configuration error; 3 some chain could not finish (the next cycle picks it up).",
     )
+    demo = commands.add_parser(
+        "demo", help="the whole loop against local stand-ins of Kubernetes and Testkube (nothing else needed)"
+    )
+    demo.add_argument("--cycles", type=int, default=2, help="detection cycles to run (default 2)")
+    demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
@@ -135,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scan(args)
         if args.command == "run-once":
             return _run_once(args)
+        if args.command == "demo":
+            from policyflow.demo import run_demo
+
+            return run_demo(lambda argv: main(list(argv)), cycles=args.cycles)
     except ConfigError as exc:
         print(f"policyflow: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

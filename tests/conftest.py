@@ -1,0 +1,50 @@
+"""Fixtures shared by the suites: the stand-ins on loopback and one real Prefect API per session."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports Prefect: no telemetry from test servers.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real Prefect API (temporary server on SQLite), started once per session, heartbeats off."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60), temporary_settings(
+        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    ):
+        yield
+
+
+@pytest.fixture
+def kube() -> Iterator["KubeStandin"]:  # noqa: F821 - imported lazily below
+    """The Kubernetes API stand-in, serving the report CRDs from shared/specs."""
+    from policyflow.standins.kube import KubeStandin
+    from tests.specs import REPORT_CRDS
+
+    with KubeStandin(REPORT_CRDS) as server:
+        yield server
+
+
+@pytest.fixture
+def kubeconfig(kube: "KubeStandin", tmp_path: Path) -> Path:  # noqa: F821
+    """A kubeconfig whose server is the stand-in (the client re-applies it before every request)."""
+    return kube.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+@pytest.fixture
+def testkube() -> Iterator["TestkubeStandin"]:  # noqa: F821
+    """The Testkube agent stand-in with a ``smoke-nova`` TestWorkflow, validating against the spec."""
+    from policyflow.standins.testkube import TestkubeStandin
+    from tests.specs import TESTKUBE_OPENAPI
+
+    with TestkubeStandin(openapi_spec=TESTKUBE_OPENAPI, workflows=["smoke-nova"]) as server:
+        yield server

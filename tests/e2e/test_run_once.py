@@ -1,0 +1,448 @@
+"""End to end: the real CLI and flows against both stand-ins and a real Prefect API.
+
+Nothing of policyflow is mocked: the CLI's ``main`` runs in-process (one test runs it as a separate
+process), talks HTTP to the stand-ins, and runs the flows on the session's Prefect server. Every
+assertion reads an outcome: executions on Testkube, annotations on the report, Events in the cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policyflow.cli import main
+from policyflow.standins.kube import KubeStandin
+from policyflow.standins.scenario import deployment, report_for
+from policyflow.standins.testkube import TestkubeStandin
+from tests.specs import example
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
+
+ANNOTATION_PREFIX = "policyflow.io/"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """POLICYFLOW_* for a user of the stand-ins, with short waits so tests stay quick."""
+    for name in list(os.environ):
+        if name.startswith("POLICYFLOW_"):
+            monkeypatch.delenv(name)
+    values = {
+        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
+        "POLICYFLOW_TESTKUBE_URL": testkube.url,
+        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
+        "POLICYFLOW_POLL_INTERVAL": "0.05",
+        "POLICYFLOW_POLL_INTERVAL_MAX": "0.2",
+        "POLICYFLOW_RETRY_DELAY": "0.05",
+        "POLICYFLOW_TESTKUBE_TIMEOUT": "2",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
+def policyflow(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run the ``policyflow`` command in-process and capture what it prints."""
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run
+
+
+def deploy(kube: KubeStandin, name: str, namespace: str = "default") -> dict[str, Any]:
+    """A Deployment, as the failing resource a report points at."""
+    kube.ensure_namespace(namespace)
+    return kube.create(deployment(name, namespace))
+
+
+def load_report(kube: KubeStandin, file: str = "policyreport-fail.yaml", *, resource: dict[str, Any]) -> dict[str, Any]:
+    """An example report from shared/specs, as Kyverno would write it for ``resource``."""
+    return kube.create(report_for(example(file), resource))
+
+
+def records_on(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    annotations = report["metadata"].get("annotations") or {}
+    return {k: json.loads(v) for k, v in annotations.items() if k.startswith(ANNOTATION_PREFIX)}
+
+
+def current(kube: KubeStandin, report: dict[str, Any]) -> dict[str, Any]:
+    got = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"],
+                   report["metadata"].get("namespace"))
+    assert got is not None
+    return got
+
+
+def posts(testkube: TestkubeStandin) -> list[Any]:
+    return [r for r in testkube.requests if r.method == "POST" and r.path.endswith("/executions")]
+
+
+@pytest.fixture
+def failing(kube: KubeStandin) -> Iterator[dict[str, Any]]:
+    """The seed's scenario: Deployment default/nginx-no-cpu fails require-resources."""
+    deployment = deploy(kube, "nginx-no-cpu")
+    yield load_report(kube, resource=deployment)
+
+
+def test_run_once_starts_one_execution_records_it_and_a_second_run_starts_nothing(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    first = policyflow("run-once")
+    assert first.code == 0, first.err
+    (execution,) = testkube.executions
+    assert execution["workflow"]["name"] == "smoke-nova"
+    assert execution["tags"]["PolicyViolationName"] == failing["metadata"]["name"]
+    assert execution["result"]["status"] == "passed"
+    assert "require-resources/require-resources-in-deployment default/Deployment/nginx-no-cpu" in first.out
+    assert execution["name"] in first.out and "passed" in first.out
+
+    (record,) = records_on(current(kube, failing)).values()
+    assert record["status"] == "passed"
+    assert record["execution"] == execution["id"]
+    assert record["workflow"] == "smoke-nova"
+    assert record["policy"] == "require-resources"
+    assert record["rule"] == "require-resources-in-deployment"
+    assert record["key"] == execution["tags"]["policyflow-key"]
+    assert record["updated"]
+
+    events = kube.objects("v1", "Event")
+    reasons = sorted(e["reason"] for e in events)
+    assert reasons == ["PolicyTestPassed", "PolicyTestStarted"]
+    passed = next(e for e in events if e["reason"] == "PolicyTestPassed")
+    assert passed["involvedObject"]["kind"] == "Deployment"
+    assert passed["involvedObject"]["name"] == "nginx-no-cpu"
+    assert passed["involvedObject"]["uid"] == failing["scope"]["uid"]
+    for word in ("require-resources", "require-resources-in-deployment", "smoke-nova", execution["name"]):
+        assert word in passed["message"]
+
+    patches = [r for r in kube.requests if r.method == "PATCH"]
+    assert patches, "the record is written with merge-patch"
+    assert all(r.headers.get("content-type", "").startswith("application/merge-patch+json") for r in patches)
+    assert not [r for r in kube.requests if r.method == "PUT"], "never update-with-resourceVersion"
+
+    second = policyflow("run-once")
+    assert second.code == 0, second.err
+    assert len(testkube.executions) == 1
+    assert "nothing new" in second.out
+
+
+def test_the_tags_are_exactly_what_the_pipeline_sent_plus_ours(
+    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    assert policyflow("run-once").code == 0
+    (post,) = posts(testkube)
+    assert post.headers["content-type"] == "application/json"
+    assert post.path == "/v1/test-workflows/smoke-nova/executions"
+    tags = post.body["tags"]
+    assert tags == {
+        "PolicyViolationName": failing["metadata"]["name"],
+        "policyflow-key": tags["policyflow-key"],
+        "policyflow-episode": f"{failing['metadata']['uid']}.1",
+        "policy": "require-resources",
+        "rule": "require-resources-in-deployment",
+        "resource-kind": "Deployment",
+        "resource-namespace": "default",
+        "resource-name": "nginx-no-cpu",
+    }
+    assert len(tags["policyflow-key"]) == 16
+    lookups = [r for r in testkube.requests if r.method == "GET" and "tagSelector" in r.query]
+    assert lookups and lookups[0].query["tagSelector"].startswith("policyflow-episode=")
+
+
+@pytest.mark.parametrize(
+    ("file", "scoped"),
+    [
+        ("policyreport-fail.yaml", True),
+        ("openreports-report-fail.yaml", True),
+        ("clusterpolicyreport-fail.yaml", False),
+    ],
+)
+def test_each_report_group_and_scope(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, file: str, scoped: bool
+) -> None:
+    if scoped:
+        resource = deploy(kube, "nginx-no-cpu")
+    else:
+        resource = kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a"}})
+    report = load_report(kube, file, resource=resource)
+    result = policyflow("run-once")
+    assert result.code == 0, result.err
+    (execution,) = testkube.executions
+    assert execution["tags"]["PolicyViolationName"] == report["metadata"]["name"]
+    (record,) = records_on(current(kube, report)).values()
+    assert record["status"] == "passed"
+    event = next(e for e in kube.objects("v1", "Event") if e["reason"] == "PolicyTestPassed")
+    assert event["involvedObject"]["kind"] == resource["kind"]
+    assert event["metadata"]["namespace"] == ("default" if not scoped else resource["metadata"]["namespace"])
+
+
+def test_pagination_reads_every_report(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POLICYFLOW_PAGE_SIZE", "4")
+    for i in range(11):
+        load_report(kube, resource=deploy(kube, f"app-{i:02d}"))
+    result = policyflow("run-once")
+    assert result.code == 0, result.err
+    assert len(testkube.executions) == 11
+    assert len({e["tags"]["policyflow-key"] for e in testkube.executions}) == 11
+    lists = [r for r in kube.requests if r.method == "GET" and r.path.endswith("/policyreports") and "limit" in r.query]
+    assert any("continue" in r.query for r in lists)
+    assert {r.query["limit"] for r in lists} == {"4"}
+
+
+def test_a_failure_that_clears_and_comes_back_is_new_again(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    assert policyflow("run-once").code == 0
+    passing = copy.deepcopy(current(kube, failing))
+    passing["results"][0]["result"] = "pass"
+    passing["summary"].update({"fail": 0, "pass": 1})
+    kube.replace(passing)
+    assert policyflow("run-once").code == 0
+    (record,) = records_on(current(kube, failing)).values()
+    assert record["status"] == "resolved"
+    assert len(testkube.executions) == 1
+
+    failing_again = copy.deepcopy(current(kube, failing))
+    failing_again["results"][0]["result"] = "fail"
+    failing_again["results"][0]["timestamp"]["seconds"] += 7200
+    kube.replace(failing_again)
+    result = policyflow("run-once")
+    assert result.code == 0, result.err
+    assert len(testkube.executions) == 2
+    assert testkube.executions[1]["tags"]["policyflow-episode"].endswith(".2")
+    (record,) = records_on(current(kube, failing)).values()
+    assert (record["status"], record["episode"]) == ("passed", 2)
+
+
+def test_kyverno_rescan_is_not_new_but_a_changed_resource_is(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert policyflow("run-once").code == 0
+    rescanned = copy.deepcopy(current(kube, failing))
+    rescanned["results"][0]["timestamp"]["seconds"] += 3600
+    rescanned["results"][0]["message"] += " "
+    kube.replace(rescanned)
+    assert policyflow("run-once").code == 0
+    assert len(testkube.executions) == 1
+
+    deployment = kube.get("apps/v1", "Deployment", "nginx-no-cpu", "default")
+    assert deployment is not None
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = "nginx:1.27"
+    kube.replace(deployment)
+    monkeypatch.setenv("POLICYFLOW_TRACK_RESOURCE_CHANGES", "false")
+    assert policyflow("run-once").code == 0
+    assert len(testkube.executions) == 1, "switched off: a resource change is not new"
+    monkeypatch.setenv("POLICYFLOW_TRACK_RESOURCE_CHANGES", "true")
+    assert policyflow("run-once").code == 0
+    assert len(testkube.executions) == 2
+
+
+def test_routing_file_chooses_workflow_config_and_tags(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    tmp_path: Path
+) -> None:
+    testkube.add_workflow("deploy-smoke")
+    config = tmp_path / "routes.yaml"
+    config.write_text(
+        "routes:\n"
+        "- name: other-namespaces\n"
+        "  match: {namespaces: [prod-*]}\n"
+        "  workflow: never-this\n"
+        "- name: deployments\n"
+        "  match: {kinds: [Deployment], policies: [require-*], labels: {app: nginx-*}}\n"
+        "  workflow: deploy-smoke\n"
+        "  config: {url: 'http://{resource.name}.{resource.namespace}.svc'}\n"
+        "  tags: {team: web, policyflow-key: forged}\n"
+    )
+    result = policyflow("run-once", "--config", str(config))
+    assert result.code == 0, result.err
+    (post,) = posts(testkube)
+    assert post.path == "/v1/test-workflows/deploy-smoke/executions"
+    assert post.body["config"] == {"url": "http://nginx-no-cpu.default.svc"}
+    assert post.body["tags"]["team"] == "web"
+    assert post.body["tags"]["policyflow-key"] != "forged"
+
+
+def test_unrouted_violation_is_reported_not_triggered(
+    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POLICYFLOW_DEFAULT_WORKFLOW")
+    config = tmp_path / "routes.yaml"
+    config.write_text("routes:\n- match: {namespaces: [prod]}\n  workflow: smoke-nova\n")
+    result = policyflow("run-once", "--config", str(config))
+    assert result.code == 0, result.err
+    assert "unrouted" in result.out
+    assert testkube.executions == []
+
+
+def test_a_lost_response_after_the_run_started_does_not_start_a_second(
+    policyflow: Callable[..., Result], testkube: TestkubeStandin, kube: KubeStandin, failing: dict[str, Any]
+) -> None:
+    testkube.inject(method="POST", path=r"/test-workflows/smoke-nova/executions$", status=0, after=True)
+    result = policyflow("run-once")
+    assert result.code == 0, result.err
+    assert len(posts(testkube)) == 1
+    assert len(testkube.executions) == 1
+    (record,) = records_on(current(kube, failing)).values()
+    assert record["status"] == "passed"
+
+
+def test_transient_testkube_errors_are_retried(
+    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    testkube.inject(method="POST", path=r"/executions$", status=503, times=2)
+    result = policyflow("run-once")
+    assert result.code == 0, result.err
+    assert len(testkube.executions) == 1
+    assert len(posts(testkube)) == 3
+
+
+def test_refused_token_is_permanent_and_says_so(
+    policyflow: Callable[..., Result], kube: KubeStandin, failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from policyflow.standins.testkube import TestkubeStandin
+
+    with TestkubeStandin(workflows=["smoke-nova"], token="tkcapi_right") as guarded:
+        monkeypatch.setenv("POLICYFLOW_TESTKUBE_URL", guarded.url)
+        monkeypatch.setenv("POLICYFLOW_TESTKUBE_TOKEN", "tkcapi_wrong_token_value")
+        result = policyflow("run-once")
+        assert result.code == 3
+        assert "POLICYFLOW_TESTKUBE_TOKEN" in result.err
+        assert "tkcapi_wrong_token_value" not in result.err + result.out
+        assert len(guarded.requests) == 1, "a 401 is not retried"
+        assert guarded.executions == []
+    (record,) = records_on(current(kube, failing)).values()
+    assert record["status"] == "error"
+    assert "token" in record["error"]
+
+
+def test_cloud_paths_and_bearer_token(
+    policyflow: Callable[..., Result], failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from policyflow.standins.testkube import TestkubeStandin
+
+    with TestkubeStandin(workflows=["smoke-nova"], token="tkcapi_right", cloud=("tkcorg_1", "tkcenv_2")) as cloud:
+        monkeypatch.setenv("POLICYFLOW_TESTKUBE_URL", cloud.url)
+        monkeypatch.setenv("POLICYFLOW_TESTKUBE_TOKEN", "tkcapi_right")
+        monkeypatch.setenv("POLICYFLOW_TESTKUBE_ORG", "tkcorg_1")
+        monkeypatch.setenv("POLICYFLOW_TESTKUBE_ENV", "tkcenv_2")
+        result = policyflow("run-once")
+        assert result.code == 0, result.err
+        (post,) = posts(cloud)
+        assert post.path == "/organizations/tkcorg_1/environments/tkcenv_2/agent/test-workflows/smoke-nova/executions"
+        assert post.headers["authorization"] == "Bearer tkcapi_right"
+
+
+def test_unknown_workflow_is_permanent(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POLICYFLOW_DEFAULT_WORKFLOW", "no-such-workflow")
+    result = policyflow("run-once")
+    assert result.code == 3
+    assert "no-such-workflow" in result.err
+    assert len(posts(testkube)) == 1, "an unknown workflow is not retried"
+    (record,) = records_on(current(kube, failing)).values()
+    assert record["status"] == "error"
+
+
+def test_a_test_that_never_finishes_times_out(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    testkube.set_outcome("smoke-nova", "never")
+    monkeypatch.setenv("POLICYFLOW_AWAIT_TIMEOUT", "0.5")
+    result = policyflow("run-once")
+    assert result.code == 1
+    assert "timedout" in result.out
+    (record,) = records_on(current(kube, failing)).values()
+    assert record["status"] == "timedout"
+    assert any(e["reason"] == "PolicyTestTimedOut" for e in kube.objects("v1", "Event"))
+
+
+def test_a_failed_test_exits_1(
+    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    testkube.set_outcome("smoke-nova", "failed")
+    result = policyflow("run-once")
+    assert result.code == 1
+    assert "failed" in result.out
+
+
+def test_scan_is_read_only_and_shows_what_was_done(
+    policyflow: Callable[..., Result], kube: KubeStandin, failing: dict[str, Any]
+) -> None:
+    before = policyflow("scan", "--output", "json")
+    assert before.code == 0, before.err
+    (row,) = json.loads(before.out)["violations"]
+    assert (row["status"], row["action"], row["workflow"]) == ("new", "new", "smoke-nova")
+    assert not [r for r in kube.requests if r.method != "GET"]
+    assert policyflow("run-once").code == 0
+    after = policyflow("scan")
+    assert after.code == 0
+    assert "passed" in after.out and "handled" in after.out
+
+
+def test_a_missing_crd_is_skipped_with_one_warning(
+    env: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.specs import CRDS
+
+    with KubeStandin([CRDS / "wgpolicyk8s.io_policyreports.yaml"]) as only_wg:
+        monkeypatch.setenv("POLICYFLOW_KUBECONFIG", str(only_wg.write_kubeconfig(tmp_path / "kc")))
+        assert main(["scan"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("ClusterReport is not served") == 1
+    assert "Traceback" not in err
+
+
+def test_bad_config_stops_before_any_work_with_exit_2(
+    policyflow: Callable[..., Result], kube: KubeStandin, tmp_path: Path
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("routes:\n- workflow: '{resource.nme}'\n")
+    result = policyflow("run-once", "--config", str(config))
+    assert result.code == 2
+    assert result.err.count("\n") == 1
+    assert "routes[0]: workflow: unknown placeholder {resource.nme}" in result.err
+    assert kube.requests == []
+
+
+def test_dedup_holds_across_a_restart(
+    policyflow: Callable[..., Result], env: dict[str, str], testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    assert policyflow("run-once").code == 0
+    from prefect.settings import PREFECT_API_URL
+
+    child_env = {**os.environ, **env, "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+                 "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": ""}
+    child_env.pop("PREFECT_FLOWS_HEARTBEAT_FREQUENCY")
+    done = subprocess.run([sys.executable, "-m", "policyflow.cli", "run-once"], env=child_env,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "nothing new" in done.stdout
+    assert len(testkube.executions) == 1
