@@ -113,7 +113,11 @@ class Awaited:
 
 def retry_on_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any]) -> bool:
     """Prefect's retry condition: only transient errors are worth another try."""
-    exception = state.result(raise_on_failure=False)
+    # An unpersisted failed state carries its exception as data; otherwise ask for the result,
+    # synchronously (this hook is called from async task engines too).
+    exception = state.data if isinstance(state.data, BaseException) else state.result(
+        raise_on_failure=False, _sync=True  # type: ignore[call-overload]
+    )
     return isinstance(exception, TransientError)
 
 
