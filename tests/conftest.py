@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from policyflow.standins.kube import KubeStandin
+from policyflow.standins.testkube import TestkubeStandin
+from tests.specs import REPORT_CRDS, TESTKUBE_OPENAPI
+
 # Before anything imports Prefect: no telemetry from test servers.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
@@ -25,26 +29,20 @@ def prefect_api() -> Iterator[None]:
 
 
 @pytest.fixture
-def kube() -> Iterator["KubeStandin"]:  # noqa: F821 - imported lazily below
+def kube() -> Iterator[KubeStandin]:
     """The Kubernetes API stand-in, serving the report CRDs from shared/specs."""
-    from policyflow.standins.kube import KubeStandin
-    from tests.specs import REPORT_CRDS
-
     with KubeStandin(REPORT_CRDS) as server:
         yield server
 
 
 @pytest.fixture
-def kubeconfig(kube: "KubeStandin", tmp_path: Path) -> Path:  # noqa: F821
+def kubeconfig(kube: KubeStandin, tmp_path: Path) -> Path:
     """A kubeconfig whose server is the stand-in (the client re-applies it before every request)."""
     return kube.write_kubeconfig(tmp_path / "kubeconfig")
 
 
 @pytest.fixture
-def testkube() -> Iterator["TestkubeStandin"]:  # noqa: F821
+def testkube() -> Iterator[TestkubeStandin]:
     """The Testkube agent stand-in with a ``smoke-nova`` TestWorkflow, validating against the spec."""
-    from policyflow.standins.testkube import TestkubeStandin
-    from tests.specs import TESTKUBE_OPENAPI
-
     with TestkubeStandin(openapi_spec=TESTKUBE_OPENAPI, workflows=["smoke-nova"]) as server:
         yield server

@@ -26,7 +26,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
-from policyflow.domain.errors import ConfigError, NotFoundError, PermanentError, TransientError
+from policyflow.domain.errors import ConfigError, NotFoundError, PermanentError, TransientError, parse_retry_after
 from policyflow.domain.model import ReportKind, ReportRef, ResourceRef
 
 log = logging.getLogger(__name__)
@@ -334,11 +334,6 @@ def _error_for(method: str, path: str, status: int, raw: bytes, retry_after: str
     if status == 409:
         return ConflictError(f"cluster answered 409 Conflict on {where}: {message}")
     if status in (409, 429) or status >= 500:
-        seconds: float | None = None
-        if retry_after:
-            try:
-                seconds = float(retry_after)
-            except ValueError:
-                seconds = None
-        return KubeUnavailable(f"cluster answered {status} on {where}: {message or reason}", retry_after=seconds)
+        return KubeUnavailable(f"cluster answered {status} on {where}: {message or reason}",
+                               retry_after=parse_retry_after(retry_after))
     return KubeError(f"cluster refused {where} ({status} {reason}): {message}")

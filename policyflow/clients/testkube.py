@@ -29,6 +29,7 @@ from policyflow.domain.errors import (
     PermanentError,
     TransientError,
     UnknownWorkflowError,
+    parse_retry_after,
 )
 
 log = logging.getLogger(__name__)
@@ -264,12 +265,6 @@ def _error_for(method: str, path: str, response: httpx.Response) -> Exception:
             f"Testkube has no TestWorkflow {workflow!r} ({detail}); create it or fix the route's workflow"
         )
     if status in (409, 429) or status >= 500:
-        retry_after: float | None = None
-        header = response.headers.get("Retry-After")
-        if header:
-            try:
-                retry_after = float(header)
-            except ValueError:
-                retry_after = None
-        return TestkubeUnavailable(f"Testkube answered {status} on {where}: {detail}", retry_after=retry_after)
+        return TestkubeUnavailable(f"Testkube answered {status} on {where}: {detail}",
+                                   retry_after=parse_retry_after(response.headers.get("Retry-After")))
     return TestkubeError(f"Testkube refused {where} ({status}): {detail}")

@@ -37,6 +37,17 @@ class UnknownWorkflowError(PermanentError):
     """Testkube has no TestWorkflow by that name."""
 
 
+def parse_retry_after(header: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delay-seconds form); None when absent or a date."""
+    if not header:
+        return None
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether the retry policy should try ``error`` again."""
     return isinstance(error, TransientError)

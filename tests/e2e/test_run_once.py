@@ -12,7 +12,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,9 @@ def posts(testkube: TestkubeStandin) -> list[Any]:
 
 
 @pytest.fixture
-def failing(kube: KubeStandin) -> Iterator[dict[str, Any]]:
+def failing(kube: KubeStandin) -> dict[str, Any]:
     """The seed's scenario: Deployment default/nginx-no-cpu fails require-resources."""
-    deployment = deploy(kube, "nginx-no-cpu")
-    yield load_report(kube, resource=deployment)
+    return load_report(kube, resource=deploy(kube, "nginx-no-cpu"))
 
 
 def test_run_once_starts_one_execution_records_it_and_a_second_run_starts_nothing(

@@ -25,7 +25,7 @@ def test_templates_render_violation_fields_and_literal_braces() -> None:
 
 @pytest.mark.parametrize("bad", ["{resource.__class__}", "{nope}", "{", "a}b", "{resource.name"])
 def test_bad_templates_are_refused_with_the_placeholder_named(bad: str) -> None:
-    with pytest.raises(ValueError, match="placeholder|brace"):
+    with pytest.raises(ValueError, match=r"placeholder|brace"):
         check_template(bad)
 
 
