@@ -46,3 +46,12 @@ def testkube() -> Iterator[TestkubeStandin]:
     """The Testkube agent stand-in with a ``smoke-nova`` TestWorkflow, validating against the spec."""
     with TestkubeStandin(openapi_spec=TESTKUBE_OPENAPI, workflows=["smoke-nova"]) as server:
         yield server
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop at once, with one line, when the contract files are not where the tests load them from."""
+    from tests.specs import SPECS
+
+    if not (SPECS / "SOURCES.md").is_file():
+        pytest.exit(f"contract files not found at {SPECS}: put shared/ beside the checkout or set "
+                    "POLICYFLOW_SPECS", returncode=4)
