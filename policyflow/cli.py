@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -113,6 +114,9 @@ def _run_once(args: argparse.Namespace) -> int:
         raise ConfigError("no route: set POLICYFLOW_DEFAULT_WORKFLOW or give routes in --config")
     if settings.testkube_url is None:
         raise ConfigError("POLICYFLOW_TESTKUBE_URL is not set: point it at the Testkube API")
+    # A temporary Prefect server started for this run has no business sending telemetry (and its
+    # telemetry job races the run for the SQLite database, printing tracebacks).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Imported here: Prefect costs seconds to import, and scan/--help need none of it.
     from flows.policy_watch import policy_watch
     from tasks import runtime
