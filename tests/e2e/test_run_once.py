@@ -445,3 +445,25 @@ def test_dedup_holds_across_a_restart(
     assert done.returncode == 0, done.stderr
     assert "nothing new" in done.stdout
     assert len(testkube.executions) == 1
+
+
+def test_rbac_refusal_names_the_verb_and_resource(
+    policyflow: Callable[..., Result], kube: KubeStandin, failing: dict[str, Any]
+) -> None:
+    kube.deny(verb="list", group="wgpolicyk8s.io", resource="policyreports")
+    result = policyflow("scan")
+    assert result.code == 3
+    line = result.err.strip().splitlines()[-1]
+    assert "RBAC forbids list policyreports" in line
+    assert 'cannot list resource "policyreports" in API group "wgpolicyk8s.io"' in line
+    assert "Traceback" not in result.err
+
+
+def test_a_refused_annotation_patch_fails_the_chain_with_the_verb_named(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    kube.deny(verb="patch", group="wgpolicyk8s.io", resource="policyreports")
+    result = policyflow("run-once")
+    assert result.code == 3
+    assert "RBAC forbids patch policyreports" in result.err
+    assert testkube.executions == [], "no test runs unless its record can be written first"
