@@ -63,10 +63,13 @@ async def handle_violation(
     resource_namespace: str | None = None,
     resource_uid: str | None = None,
     force_new_episode: bool = False,
+    retry: bool = False,
 ) -> ChainOutcome:
     """Run the chain for the ``policy``/``rule`` failure in one report (and one resource, if given).
 
     ``force_new_episode`` starts a new test run even when this failure's test already finished.
+    ``retry`` runs again what failed (an episode recorded as ``error``); Prefect's own Retry of
+    this flow run does the same.
     """
     kind = report_kind_named(report_kind)
     target = Target(
@@ -76,6 +79,8 @@ async def handle_violation(
         resource_uid=resource_uid,
         resource_name=resource_name,
         force_new_episode=force_new_episode,
+        # Prefect's Retry (button, `prefect flow-run retry`) re-runs the same flow run: count > 1.
+        retry=retry or (flow_run.run_count or 1) > 1,
     )
     options = step_options()
     started = time.monotonic()

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
     testkube_ca_file: Path | None = Field(None, description="CA bundle to verify Testkube's TLS certificate")
     testkube_insecure: bool = Field(False, description="Skip TLS verification for Testkube (never in production)")
     testkube_timeout: float = Field(15.0, gt=0, description="Seconds per Testkube HTTP request")
+    testkube_dashboard_url: str | None = Field(
+        None, description="Testkube dashboard base URL for execution links (Cloud: derived from org/env)"
+    )
+    testkube_concurrency: int = Field(
+        50, ge=1, le=10000, description="Global concurrency limit on starting Testkube runs (Prefect limit)"
+    )
     default_workflow: str | None = Field(None, description="Catch-all route: the TestWorkflow for any violation")
 
     # --- Cluster --------------------------------------------------------------------------------
@@ -108,6 +114,15 @@ class Settings(BaseSettings):
         if bool(self.testkube_org) != bool(self.testkube_env):
             raise ValueError("set both testkube_org and testkube_env (Testkube Cloud/Pro) or neither (OSS agent)")
         return self
+
+    def dashboard_url(self) -> str | None:
+        """The Testkube dashboard base for links: explicit, else Testkube Cloud's for the org/env."""
+        if self.testkube_dashboard_url:
+            return self.testkube_dashboard_url
+        if self.testkube_org and self.testkube_env:
+            return (f"https://app.testkube.io/organization/{self.testkube_org}/environment/"
+                    f"{self.testkube_env}/dashboard")
+        return None
 
     def violation_filter(self) -> ViolationFilter:
         """The filters as the pure core wants them."""

@@ -21,8 +21,10 @@ from typing import Any
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
+from policyflow import metrics
 from policyflow.clients.kube import ConflictError, ForbiddenError, KubeClient
 from policyflow.clients.testkube import Execution, TestkubeClient
 from policyflow.domain.errors import NotFoundError, PermanentError, PolicyflowError, TransientError
@@ -37,11 +39,14 @@ from policyflow.domain.ledger import (
     episode_id,
     plan_violation,
     read_records,
+    record_age,
 )
 from policyflow.domain.model import ReportRef, Violation
 from policyflow.domain.reports import parse_report
 from policyflow.domain.routing import RoutedTest
-from policyflow.domain.testrun import execution_request, execution_tags
+from policyflow.domain.testrun import execution_request, execution_tags, execution_url
+from tasks import observe
+from tasks.observe import testkube_slot
 from tasks.runtime import current
 
 log = logging.getLogger("policyflow.chain")
@@ -74,6 +79,9 @@ class Target:
     resource_uid: str | None = None
     resource_name: str | None = None
     force_new_episode: bool = False
+    #: A retry (by hand, from the UI, or by retry-failed-triggers): run again what failed, i.e.
+    #: resume an episode recorded as ``error``, or one whose run exists but whose chain looks alive.
+    retry: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +207,10 @@ async def fetch_violation(target: Target) -> Fetched:
     if record is not None and record.owner == OWNER and planned.action is Action.BUSY:
         # Our own earlier attempt in this process (a Prefect retry): carry on with it.
         planned = replace(planned, action=Action.RESUME)
+    if target.retry and record is not None and record.episode == planned.episode and (
+        record.status is Status.ERROR or (planned.action is Action.BUSY and record.execution)
+    ):
+        planned = replace(planned, action=Action.RESUME, reason=f"retry ({record.status})")
     if target.force_new_episode and planned.action is Action.HANDLED:
         planned = replace(planned, action=Action.NEW, episode=planned.episode + 1, reason="run by hand")
     return Fetched(target, violation, planned, record, parsed.resource_version, labels, generation)
@@ -250,7 +262,18 @@ def _post_event(kube: KubeClient, violation: Violation, record: Record) -> None:
         log.warning("no Event for %s: %s", violation.title, exc)
 
 
-@task(name="trigger-testkube", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
+def trigger_cache_key(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+    """One cached trigger per episode: a retried flow run gets the run it already started back
+    without calling Testkube (the key-tag lookup would find it too; this saves the calls)."""
+    fetched = parameters["fetched"]
+    if fetched.violation is None or fetched.planned is None:
+        return None
+    episode = episode_id(fetched.violation.report_uid, fetched.planned.episode)
+    return f"policyflow-trigger-{fetched.violation.key}-{episode}"
+
+
+@task(name="trigger-testkube", cache_key_fn=trigger_cache_key, persist_result=True,
+      retry_condition_fn=retry_on_transient)
 async def trigger_testkube(fetched: Fetched, routed: RoutedTest) -> Triggered:
     """Start the routed TestWorkflow for this episode, or find the run a previous attempt started."""
     runtime = current()
@@ -273,7 +296,9 @@ async def trigger_testkube(fetched: Fetched, routed: RoutedTest) -> Triggered:
                 detected=previous.detected if same_episode and previous else now_iso(), owner=OWNER,
             )
             await asyncio.to_thread(_claim, kube, violation, claim, fetched.report_version, previous)
-            started = await _start_once(testkube, violation, routed, episode_id(violation.report_uid, episode))
+            async with testkube_slot():
+                started = await _start_once(testkube, violation, routed,
+                                            episode_id(violation.report_uid, episode))
     except TransientError as exc:
         await _respect_retry_after(exc)
         raise
@@ -287,6 +312,9 @@ async def trigger_testkube(fetched: Fetched, routed: RoutedTest) -> Triggered:
     )
     if await asyncio.to_thread(_write_record, kube, violation.report, record):
         await asyncio.to_thread(_post_event, kube, violation, record)
+    metrics.TRIGGERS_STARTED.labels(reused=str(reused).lower()).inc()
+    observe.emit_test_event(observe.EVENT_STARTED, record, namespace=violation.resource.namespace,
+                       url=execution_link(execution.workflow or routed.workflow, execution.id))
     log.info("%s: %s execution %s of %s", violation.title, "found" if reused else "started",
              execution.name, routed.workflow)
     return Triggered(record=record, execution=execution, reused=reused)
@@ -358,7 +386,28 @@ async def annotate_report(report: ReportRef, record: Record, violation: Violatio
     except TransientError as exc:
         await _respect_retry_after(exc)
         raise
+    metrics.OUTCOMES.labels(status=final.status.value).inc()
+    if final.detected and final.status not in IN_FLIGHT:
+        age = record_age(replace(final, updated=final.detected), datetime.now(UTC))
+        if age is not None:
+            metrics.DETECTION_TO_RESULT.observe(age)
+    url = execution_link(final.workflow or "", final.execution) if final.execution else None
+    observe.emit_test_event(observe.EVENT_FINISHED, final,
+                       namespace=violation.resource.namespace if violation else report.namespace, url=url)
+    if violation is not None and final.execution:
+        await observe.violation_artifact(violation, final, url=url)
     return final
+
+
+def execution_link(workflow: str, execution_id: str) -> str:
+    """Where a person looks at an execution (dashboard when configured, else the API)."""
+    runtime = current()
+    settings = runtime.settings
+    org, env = settings.testkube_org, settings.testkube_env
+    base = str(settings.testkube_url or "").rstrip("/")
+    api_base = f"{base}/organizations/{org}/environments/{env}/agent" if org and env else f"{base}/v1"
+    return execution_url(dashboard=settings.dashboard_url(), api_base=api_base, workflow=workflow,
+                         execution_id=execution_id)
 
 
 async def release(report: ReportRef, record: Record) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import quote
 
 from policyflow.domain.model import Violation
 from policyflow.domain.routing import RoutedTest
@@ -55,3 +56,11 @@ def execution_request(violation: Violation, routed: RoutedTest, episode_id: str)
     if routed.config:
         body["config"] = dict(routed.config)
     return body
+
+
+def execution_url(*, dashboard: str | None, api_base: str, workflow: str, execution_id: str) -> str:
+    """Where a person sees the execution: the Testkube dashboard when known, else the API resource."""
+    if dashboard:
+        path = f"test-workflows/{quote(workflow, safe='')}/execution/{quote(execution_id, safe='')}"
+        return f"{dashboard.rstrip('/')}/{path}"
+    return f"{api_base.rstrip('/')}/test-workflow-executions/{quote(execution_id, safe='')}"

@@ -1,0 +1,37 @@
+"""Markdown for artifacts, with every value from a report escaped where it lands (pure)."""
+
+from __future__ import annotations
+
+import re
+
+from policyflow.domain.ledger import Record
+from policyflow.domain.model import Violation
+
+_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+_NEWLINES = re.compile(r"[\r\n]+")
+
+
+def escape(text: str) -> str:
+    """``text`` as literal markdown: special characters escaped, one line."""
+    return _SPECIAL.sub(r"\\\1", _NEWLINES.sub(" ", text))
+
+
+def execution_markdown(violation: Violation, record: Record, *, url: str | None) -> str:
+    """The violation, its Testkube execution and the result, as a short markdown page."""
+    execution = escape(record.execution_name or record.execution or "-")
+    link = f"[{execution}](<{url}>)" if url and record.execution else execution
+    rows = [
+        ("Policy", violation.policy),
+        ("Rule", violation.rule),
+        ("Resource", str(violation.resource)),
+        ("Severity", violation.severity or "-"),
+        ("Report", str(violation.report)),
+        ("Workflow", record.workflow or "-"),
+        ("Episode", str(record.episode)),
+        ("Status", record.status.value),
+    ]
+    lines = [f"### {escape(violation.title)}", "", "| | |", "|---|---|"]
+    lines += [f"| {name} | {escape(value)} |" for name, value in rows]
+    lines.insert(lines.index("| Status | " + escape(record.status.value) + " |"), f"| Execution | {link} |")
+    lines += ["", f"> {escape(violation.message[:2000])}" if violation.message else ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,111 @@
+"""What policyflow tells Prefect about its work: events (for automations), artifacts (for the UI), and
+the global concurrency limit that keeps a storm of violations from flooding Testkube."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+from prefect.concurrency.asyncio import concurrency
+from prefect.events import emit_event
+from prefect.exceptions import ObjectNotFound
+
+from policyflow.domain.ledger import Record
+from policyflow.domain.markdown import escape, execution_markdown
+from policyflow.domain.model import Violation
+from policyflow.domain.outcome import ChainOutcome
+
+log = logging.getLogger("policyflow.observe")
+
+TESTKUBE_LIMIT = "policyflow-testkube"
+EVENT_DETECTED = "policyflow.violation.detected"
+EVENT_STARTED = "policyflow.test.started"
+EVENT_FINISHED = "policyflow.test.finished"
+
+
+def _resource(key: str, title: str, policy: str, rule: str, namespace: str | None) -> dict[str, str]:
+    return {
+        "prefect.resource.id": f"policyflow.violation.{key}",
+        "prefect.resource.name": title,
+        "policyflow.policy": policy,
+        "policyflow.rule": rule,
+        "policyflow.namespace": namespace or "",
+    }
+
+
+def violation_detected(violation: Violation, episode: int) -> None:
+    """Emit ``policyflow.violation.detected``."""
+    emit_event(
+        EVENT_DETECTED,
+        resource=_resource(violation.key, violation.title, violation.policy, violation.rule,
+                           violation.resource.namespace),
+        payload={"episode": episode, "severity": violation.severity, "report": str(violation.report),
+                 "message": violation.message[:1000]},
+    )
+
+
+def emit_test_event(name: str, record: Record, *, namespace: str | None, url: str | None = None) -> None:
+    """Emit ``policyflow.test.started`` / ``policyflow.test.finished`` (status in the resource labels,
+    so an automation can match ``policyflow.status: failed`` without code)."""
+    resource = _resource(record.key, f"{record.policy}/{record.rule} {record.resource}", record.policy,
+                         record.rule, namespace)
+    resource["policyflow.status"] = record.status.value
+    resource["policyflow.workflow"] = record.workflow or ""
+    emit_event(
+        name,
+        resource=resource,
+        payload={"execution": record.execution, "execution_name": record.execution_name,
+                 "episode": record.episode, "status": record.status.value, "url": url},
+    )
+
+
+
+
+async def violation_artifact(violation: Violation, record: Record, *, url: str | None) -> None:
+    """The markdown artifact of a violation's run: the Testkube execution and its result."""
+    await acreate_markdown_artifact(
+        markdown=execution_markdown(violation, record, url=url),
+        key=f"violation-{violation.key}",
+        description=f"Testkube execution for {escape(violation.title)}",
+    )
+
+
+async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, int]) -> None:
+    """The table artifact of a poll run (keyed, so the Artifacts page keeps its versions)."""
+    rows: list[dict[str, Any]] = [
+        {"violation": o.violation, "workflow": o.workflow or "", "execution": o.execution or "",
+         "status": o.status, "duration_s": o.duration_s, "detail": o.detail}
+        for o in outcomes
+    ]
+    summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+    await acreate_table_artifact(table=rows or [{"violation": "(nothing new)"}], key="policy-watch-cycle",
+                                 description=f"One detection cycle: {summary}")
+
+
+async def ensure_testkube_limit(limit: int) -> None:
+    """Create the global concurrency limit on Testkube calls if it is missing; keep its size in step."""
+    async with get_client() as client:
+        try:
+            existing = await client.read_global_concurrency_limit_by_name(TESTKUBE_LIMIT)
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=TESTKUBE_LIMIT, limit=limit, active=True)
+            )
+            log.info("created global concurrency limit %s=%d", TESTKUBE_LIMIT, limit)
+            return
+        if existing.limit != limit:
+            await client.update_global_concurrency_limit(
+                TESTKUBE_LIMIT, GlobalConcurrencyLimitUpdate(limit=limit)
+            )
+
+
+@asynccontextmanager
+async def testkube_slot() -> AsyncIterator[None]:
+    """Hold one slot of the Testkube limit (a no-op when the limit does not exist)."""
+    async with concurrency(TESTKUBE_LIMIT, occupy=1, strict=False):
+        yield
