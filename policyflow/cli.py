@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Exit status: 0 every chain finished and every test passed; 1 some test did not pass; "
         "2 usage or configuration error; 3 some chain could not finish (the next cycle picks it up).",
     )
+    commands.add_parser(
+        "check", parents=[common], help="preflight: what policyflow needs, one line each with ✓/✗ (exit 0/1)"
+    )
     demo = commands.add_parser(
         "demo", help="the whole loop against local stand-ins of Kubernetes and Testkube (nothing else needed)"
     )
@@ -144,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scan(args)
         if args.command == "run-once":
             return _run_once(args)
+        if args.command == "check":
+            from policyflow import settings as settings_module
+            from policyflow.preflight import run_check
+
+            return run_check(*settings_module.load(_overrides(args)))
         if args.command == "demo":
             from policyflow.demo import run_demo
 

@@ -244,7 +244,7 @@ def _claim(kube: KubeClient, violation: Violation, claim: Record, report_version
     raise TransientError(f"{violation.report}: kept changing while policyflow tried to claim {violation.title}")
 
 
-def _write_record(kube: KubeClient, violation_report: ReportRef, record: Record) -> bool:
+def write_record(kube: KubeClient, violation_report: ReportRef, record: Record) -> bool:
     """Merge-patch ``record`` onto its report. False (logged) when the report is gone."""
     try:
         kube.patch_report_annotations(violation_report, {annotation_name(record.key): record.to_json()})
@@ -310,7 +310,7 @@ async def trigger_testkube(fetched: Fetched, routed: RoutedTest) -> Triggered:
         execution_name=execution.name,
         updated=now_iso(),
     )
-    if await asyncio.to_thread(_write_record, kube, violation.report, record):
+    if await asyncio.to_thread(write_record, kube, violation.report, record):
         await asyncio.to_thread(_post_event, kube, violation, record)
     metrics.TRIGGERS_STARTED.labels(reused=str(reused).lower()).inc()
     observe.emit_test_event(observe.EVENT_STARTED, record, namespace=violation.resource.namespace,
@@ -366,7 +366,7 @@ async def await_result(report: ReportRef, triggered: Triggered) -> Awaited:
             if time.monotonic() - last_heartbeat > LEASE_SECONDS / 3:
                 # Refresh the record so other pollers see this chain is alive (see Record.owner).
                 record = replace(record, status=Status.RUNNING, updated=now_iso(), owner=OWNER)
-                await asyncio.to_thread(_write_record, runtime.kube, report, record)
+                await asyncio.to_thread(write_record, runtime.kube, report, record)
                 last_heartbeat = time.monotonic()
     return Awaited(Status(execution.status), execution, time.monotonic() - started)
 
@@ -381,7 +381,7 @@ async def annotate_report(report: ReportRef, record: Record, violation: Violatio
     final = replace(record, updated=now_iso(), owner=None,
                     finished=now_iso() if record.status not in IN_FLIGHT else None)
     try:
-        if await asyncio.to_thread(_write_record, runtime.kube, report, final) and violation is not None:
+        if await asyncio.to_thread(write_record, runtime.kube, report, final) and violation is not None:
             await asyncio.to_thread(_post_event, runtime.kube, violation, final)
     except TransientError as exc:
         await _respect_retry_after(exc)
@@ -413,6 +413,6 @@ def execution_link(workflow: str, execution_id: str) -> str:
 async def release(report: ReportRef, record: Record) -> None:
     """Best effort: mark an in-flight record as abandoned so the next cycle resumes it at once."""
     try:
-        await asyncio.to_thread(_write_record, current().kube, report, replace(record, owner=None, updated=now_iso()))
+        await asyncio.to_thread(write_record, current().kube, report, replace(record, owner=None, updated=now_iso()))
     except PolicyflowError as exc:
         log.info("could not release %s/%s: %s", record.policy, record.rule, exc)

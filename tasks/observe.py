@@ -75,7 +75,8 @@ async def violation_artifact(violation: Violation, record: Record, *, url: str |
     )
 
 
-async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, int]) -> None:
+async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, int], *,
+                         key: str = "policy-watch-cycle") -> None:
     """The table artifact of a poll run (keyed, so the Artifacts page keeps its versions)."""
     rows: list[dict[str, Any]] = [
         {"violation": o.violation, "workflow": o.workflow or "", "execution": o.execution or "",
@@ -83,7 +84,7 @@ async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, i
         for o in outcomes
     ]
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
-    await acreate_table_artifact(table=rows or [{"violation": "(nothing new)"}], key="policy-watch-cycle",
+    await acreate_table_artifact(table=rows or [{"violation": "(nothing new)"}], key=key,
                                  description=f"One detection cycle: {summary}")
 
 

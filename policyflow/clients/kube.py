@@ -294,6 +294,25 @@ class KubeClient:
         except AlreadyExists:
             log.debug("event %s already exists", event["metadata"].get("name"))
 
+    # --- preflight (policyflow check) -----------------------------------------------------------
+
+    def server_version(self) -> str:
+        """The apiserver's ``gitVersion`` (``GET /version``): proof that the cluster answers."""
+        data = self._request("GET", "/version", what="get /version")
+        return str((data or {}).get("gitVersion") or "unknown version")
+
+    def access_review(self, *, verb: str, group: str, resource: str) -> bool:
+        """Whether policyflow's credentials may ``verb`` ``resource`` in ``group`` cluster-wide, as the
+        apiserver's authorizer answers a SelfSubjectAccessReview (``group`` "" is core)."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource}},
+        }
+        data = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review,
+                             content_type="application/json", what="create selfsubjectaccessreviews")
+        return bool(((data or {}).get("status") or {}).get("allowed"))
+
 
 class ConflictError(KubeUnavailable):
     """409 Conflict: the object changed since it was read (a conditional patch lost the race)."""

@@ -59,6 +59,10 @@ class TestkubeProtocolError(TestkubeError):
     """Testkube answered something that is not a TestWorkflowExecution."""
 
 
+class TokenRefusedError(TestkubeError):
+    """Testkube refused the token (401)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Execution:
     """What policyflow needs of a TestWorkflowExecution (or of its summary in a list)."""
@@ -226,6 +230,13 @@ class TestkubeClient:
             if "already finished" not in str(exc):
                 raise
 
+    async def list_workflows(self) -> list[str]:
+        """The names of the TestWorkflows Testkube has (a GET that needs the token, so also an auth probe)."""
+        data = await self._call("GET", "/test-workflows")
+        if not isinstance(data, list):
+            raise TestkubeProtocolError("Testkube's TestWorkflow list is not an array; is the URL the Testkube API?")
+        return [str(item["name"]) for item in data if isinstance(item, Mapping) and item.get("name")]
+
     async def workflow_exists(self, *, workflow: str) -> bool:
         """Whether Testkube has a TestWorkflow called ``workflow``."""
         try:
@@ -250,7 +261,7 @@ def _error_for(method: str, path: str, response: httpx.Response) -> Exception:
     detail = _problem_detail(response)
     where = f"{method} {path}"
     if status == 401:
-        return TestkubeError(
+        return TokenRefusedError(
             f"Testkube rejected the token (401) on {where}: set a valid POLICYFLOW_TESTKUBE_TOKEN "
             "(or POLICYFLOW_TESTKUBE_TOKEN_BLOCK)"
         )
