@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from policyflow.domain.errors import ConfigError, PolicyflowError
@@ -46,6 +47,24 @@ def _parser() -> argparse.ArgumentParser:
         description="Exit status: 0 every chain finished and every test passed; 1 some test did not pass; "
         "2 usage or configuration error; 3 some chain could not finish (the next cycle picks it up).",
     )
+    serve = commands.add_parser(
+        "serve", parents=[common],
+        help="serve the deployments (policy-watch on a schedule, handle-violation, retry-failed-triggers) "
+        "from this process, with Prometheus metrics",
+    )
+    serve.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
+    serve.add_argument("--retry-interval", type=float, default=None,
+                       help="also run retry-failed-triggers every N seconds (default: by hand only)")
+    serve.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (0: off)")
+    serve.add_argument("--limit", type=int, default=None, help="at most N flow runs at once")
+    commands.add_parser(
+        "retry-failed", parents=[common],
+        help="run again the chains whose last run failed (what the retry-failed-triggers deployment does)",
+    )
+    history = commands.add_parser(
+        "history", parents=[common], help="recent violations with their runs, executions and outcomes"
+    )
+    history.add_argument("--limit", type=int, default=50, help="how many runs (default 50)")
     commands.add_parser(
         "check", parents=[common], help="preflight: what policyflow needs, one line each with ✓/✗ (exit 0/1)"
     )
@@ -104,13 +123,9 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_once(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from tabulate import tabulate
-
+def _prepare_flows(args: argparse.Namespace) -> None:
+    """Load and check the settings, then make them the runtime of this process's flows."""
     from policyflow import settings as settings_module
-    from policyflow.domain.outcome import exit_status
 
     settings, routing = settings_module.load(_overrides(args))
     if routing.is_empty:
@@ -121,11 +136,34 @@ def _run_once(args: argparse.Namespace) -> int:
     # telemetry job races the run for the SQLite database, printing tracebacks).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Imported here: Prefect costs seconds to import, and scan/--help need none of it.
-    from flows.policy_watch import policy_watch
     from tasks import runtime
 
     runtime.install(runtime.build(settings, routing))
-    summary = asyncio.run(policy_watch())
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    import asyncio
+
+    _prepare_flows(args)
+    from flows.policy_watch import policy_watch
+
+    return _print_outcomes(asyncio.run(policy_watch()))
+
+
+def _retry_failed(args: argparse.Namespace) -> int:
+    import asyncio
+
+    _prepare_flows(args)
+    from flows.retry_failed import retry_failed_triggers
+
+    return _print_outcomes(asyncio.run(retry_failed_triggers()))
+
+
+def _print_outcomes(summary: Any) -> int:
+    from tabulate import tabulate
+
+    from policyflow.domain.outcome import exit_status
+
     rows = [[o.violation, o.workflow or "-", o.execution or "-", o.status,
              f"{o.duration_s:.1f}s" if o.duration_s is not None else "-"] for o in summary.outcomes]
     if rows:
@@ -138,6 +176,42 @@ def _run_once(args: argparse.Namespace) -> int:
     return exit_status(summary.outcomes)
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import tempfile
+
+    # Served runs execute in subprocesses: they read the same settings from the environment, and
+    # write their metrics where this process can add them up (before any metric is created).
+    for name, value in (("POLICYFLOW_CONFIG", args.config), ("POLICYFLOW_KUBECONFIG", args.kubeconfig),
+                        ("POLICYFLOW_CONTEXT", args.context)):
+        if value:
+            os.environ[name] = str(Path(value).resolve()) if name != "POLICYFLOW_CONTEXT" else value
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="policyflow-metrics-"))
+    _prepare_flows(args)
+    from prefect import serve
+
+    from flows.serving import deployments
+    from policyflow.metrics import serve_metrics
+
+    if args.metrics_port:
+        serve_metrics(args.metrics_port)
+        print(f"policyflow: metrics on http://0.0.0.0:{args.metrics_port}/metrics")
+    serve(*deployments(interval=args.interval, retry_interval=args.retry_interval), limit=args.limit)
+    return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from policyflow import settings as settings_module
+
+    settings, routing = settings_module.load(_overrides(args))
+    from tasks.history import recent_history
+
+    rows = recent_history(settings, routing, limit=args.limit)
+    print(tabulate(rows, headers="keys") if rows else "no violation runs yet")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``policyflow`` console script."""
     args = _parser().parse_args(argv)
@@ -147,6 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _scan(args)
         if args.command == "run-once":
             return _run_once(args)
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "retry-failed":
+            return _retry_failed(args)
+        if args.command == "history":
+            return _history(args)
         if args.command == "check":
             from policyflow import settings as settings_module
             from policyflow.preflight import run_check

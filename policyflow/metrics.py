@@ -6,7 +6,10 @@ Read them with ``curl -s localhost:9464/metrics | grep ^policyflow_``.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.multiprocess import MultiProcessCollector
 
 VIOLATIONS_DETECTED = Counter(
     "policyflow_violations_detected_total", "New violation episodes found by a detection cycle"
@@ -33,5 +36,15 @@ POLL_DURATION = Histogram(
 
 
 def serve_metrics(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods
-    """Expose ``/metrics`` on ``address:port`` from a background thread."""
-    start_http_server(port, addr=address)
+    """Expose ``/metrics`` on ``address:port`` from a background thread.
+
+    Served flow runs execute in subprocesses of ``policyflow serve``; with ``PROMETHEUS_MULTIPROC_DIR``
+    set (serve sets it before any metric exists) each process writes its samples there and this
+    endpoint adds them up.
+    """
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        start_http_server(port, addr=address, registry=registry)
+    else:
+        start_http_server(port, addr=address)
