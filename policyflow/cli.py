@@ -244,6 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNFINISHED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug or an unforeseen outage: one line, the traceback at DEBUG
+        log.debug("unexpected error", exc_info=True)
+        print(f"policyflow: unexpected {type(exc).__name__}: {exc} (--log-level DEBUG shows where)", file=sys.stderr)
+        return EXIT_UNFINISHED
     return EXIT_USAGE
 
 

@@ -96,7 +96,7 @@ async def _latest_chain_runs(since_hours: float) -> dict[tuple[str, str, str, st
             flow_filter=FlowFilter(name=FlowFilterName(any_=["handle-violation"])),
             flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),  # type: ignore[arg-type]
             sort=FlowRunSort.START_TIME_DESC,
-            limit=1000,
+            limit=200,  # the API's maximum page
         )
     latest: dict[tuple[str, str, str, str], FlowRun] = {}
     for run in runs:

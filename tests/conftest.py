@@ -28,6 +28,16 @@ def prefect_api() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A full local Prefect server (API, UI, scheduler) for tests that need schedules or the UI; its
+    API URL. Started once per session, only by the tests that ask for it."""
+    from policyflow.localserver import LocalPrefectServer
+
+    with LocalPrefectServer(tmp_path_factory.mktemp("prefect-home")) as server:
+        yield server.api_url
+
+
 @pytest.fixture
 def kube() -> Iterator[KubeStandin]:
     """The Kubernetes API stand-in, serving the report CRDs from shared/specs."""

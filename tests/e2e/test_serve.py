@@ -1,0 +1,225 @@
+"""The Prefect way: the deployments served by ``policyflow serve`` (a real subprocess) against the
+session's Prefect API and the stand-ins; retries through the Prefect API and the CLI; ``prefect
+deploy --all`` with the project's prefect.yaml."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from policyflow.cli import main
+from policyflow.standins.kube import KubeStandin
+from policyflow.standins.scenario import deployment, report_for
+from policyflow.standins.testkube import TestkubeStandin
+from tests.specs import ROOT, example
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
+
+TITLE = "require-resources/require-resources-in-deployment default/Deployment/nginx-no-cpu"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def api_url() -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    return str(PREFECT_API_URL.value())
+
+
+@pytest.fixture
+def on_server(prefect_server: str) -> Iterator[str]:
+    """Point this process's Prefect client at the full local server (it runs the scheduler)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
+        yield prefect_server
+
+
+@pytest.fixture
+def scenario(kube: KubeStandin) -> dict[str, Any]:
+    return kube.create(report_for(example("policyreport-fail.yaml"), kube.create(deployment("nginx-no-cpu"))))
+
+
+@pytest.fixture
+def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in list(os.environ):
+        if name.startswith("POLICYFLOW_"):
+            monkeypatch.delenv(name)
+    values = {
+        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
+        "POLICYFLOW_TESTKUBE_URL": testkube.url,
+        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
+        "POLICYFLOW_POLL_INTERVAL": "0.1",
+        "POLICYFLOW_RETRY_DELAY": "0.05",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def flow_runs(flow_name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return list(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))))
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def run_named(title: str, state: str, *, run_count: int = 1) -> Any:
+    for run in flow_runs("handle-violation"):
+        if run.name == title and run.state and run.state.type.value == state and (run.run_count or 1) >= run_count:
+            return run
+    return None
+
+
+@pytest.fixture
+def served(env: dict[str, str], tmp_path: Path, on_server: str) -> Iterator[dict[str, Any]]:
+    """``policyflow serve`` in a subprocess: the three deployments and the metrics endpoint."""
+    metrics_port = free_port()
+    child_env = {**os.environ, **env, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
+    (tmp_path / "metrics").mkdir()
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "policyflow.cli", "serve", "--interval", "3", "--metrics-port", str(metrics_port)],
+        env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+    )
+    try:
+        yield {"metrics": f"http://127.0.0.1:{metrics_port}/metrics", "log": tmp_path / "serve.log",
+               "env": child_env}
+    finally:
+        print((tmp_path / "serve.log").read_text()[-6000:])  # shown by pytest when the test fails
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
+    served: dict[str, Any], scenario: dict[str, Any], testkube: TestkubeStandin
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    run = wait_for("the violation's run to complete", lambda: run_named(TITLE, "COMPLETED"))
+    assert set(run.tags) >= {"policy:require-resources", "namespace:default", "workflow:smoke-nova"}
+    assert run.deployment_id is not None, "a deployment run, so the UI offers Retry"
+    (execution,) = testkube.executions
+    assert execution["tags"]["PolicyViolationName"] == scenario["metadata"]["name"]
+
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=None)
+        names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == run.id}
+        assert names == {"fetch-violation", "trigger-testkube", "await-result", "annotate-report"}
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[f"violation-{execution['tags']['policyflow-key']}", "policy-watch-cycle"])))
+    kinds = {a.key: a.type for a in artifacts}
+    assert kinds[f"violation-{execution['tags']['policyflow-key']}"] == "markdown"
+    assert kinds["policy-watch-cycle"] == "table"
+    violation_md = next(a for a in artifacts if a.type == "markdown")
+    assert execution["name"].replace("-", "\\-") in violation_md.data
+
+    body = wait_for("metrics", lambda: _metrics_with(served["metrics"], "policyflow_outcomes_total{status=\"passed\"}"))
+    assert 'policyflow_violations_detected_total 1.0' in body
+    assert "policyflow_poll_duration_seconds_count" in body
+
+    time.sleep(4)  # at least one more scheduled poll: nothing new, no second run
+    assert len(testkube.executions) == 1
+    assert len([r for r in flow_runs("handle-violation") if r.name == TITLE]) == 1
+
+
+def _metrics_with(url: str, needle: str) -> str | None:
+    try:
+        body = httpx.get(url, timeout=2).text
+    except httpx.HTTPError:
+        return None
+    return body if needle in body else None
+
+
+def test_a_failed_violation_run_retried_through_the_api_does_not_start_a_second_execution(
+    served: dict[str, Any], scenario: dict[str, Any], testkube: TestkubeStandin
+) -> None:
+    # The run starts its execution, then await-result is told the execution does not exist (a
+    # permanent error): the violation's run fails with the execution already started.
+    testkube.inject(method="GET", path=r"/test-workflow-executions/[0-9a-f]{24}$", status=404)
+    run = wait_for("the violation's run to fail", lambda: run_named(TITLE, "FAILED"), timeout=180)
+    (first,) = testkube.executions
+    done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)], env=served["env"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    retried = wait_for("the retried run to complete", lambda: run_named(TITLE, "COMPLETED", run_count=2),
+                       timeout=180)
+    assert retried.id == run.id
+    assert [e["id"] for e in testkube.executions] == [first["id"]]
+
+
+def test_retry_failed_reruns_only_what_failed_without_a_second_execution(
+    env: dict[str, str], scenario: dict[str, Any], kube: KubeStandin, testkube: TestkubeStandin,
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("POLICYFLOW_DEFAULT_WORKFLOW", "smoke-later")
+    assert main(["run-once"]) == 3
+    record = _record(kube, scenario)
+    assert record["status"] == "error"
+    testkube.add_workflow("smoke-later")
+    assert main(["run-once"]) == 0, "the poll does not retry a recorded error by itself"
+    assert testkube.executions == []
+    assert main(["retry-failed"]) == 0
+    (execution,) = testkube.executions
+    assert execution["workflow"]["name"] == "smoke-later"
+    assert _record(kube, scenario)["status"] == "passed"
+    assert main(["retry-failed"]) == 0
+    assert len(testkube.executions) == 1
+
+
+def _record(kube: KubeStandin, report: dict[str, Any]) -> dict[str, Any]:
+    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], report["metadata"]["namespace"])
+    assert now is not None
+    (value,) = [v for k, v in now["metadata"]["annotations"].items() if k.startswith("policyflow.io/")]
+    parsed: dict[str, Any] = json.loads(value)
+    return parsed
+
+
+def test_prefect_deploy_all_with_the_projects_prefect_yaml(on_server: str) -> None:
+    env = {**os.environ, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    subprocess.run(["prefect", "work-pool", "create", "policyflow", "--type", "process", "--overwrite"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    done = subprocess.run(["prefect", "--no-prompt", "deploy", "--all"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        for name in ("policy-watch/policy-watch", "handle-violation/handle-violation",
+                     "retry-failed-triggers/retry-failed-triggers"):
+            found = client.read_deployment_by_name(name)
+            assert found.work_pool_name == "policyflow"
+        watch = client.read_deployment_by_name("policy-watch/policy-watch")
+        assert watch.global_concurrency_limit is not None
+        assert watch.global_concurrency_limit.limit == 1
