@@ -71,7 +71,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="the whole loop against local stand-ins of Kubernetes and Testkube (nothing else needed)"
     )
-    demo.add_argument("--cycles", type=int, default=2, help="detection cycles to run (default 2)")
+    demo.add_argument("--once", action="store_true",
+                      help="no UI: run --cycles detection cycles in this terminal, print what happened, exit")
+    demo.add_argument("--cycles", type=int, default=2, help="with --once: detection cycles to run (default 2)")
+    demo.add_argument("--port", type=int, default=4200, help="Prefect UI/API port (default 4200; 0: any free)")
+    demo.add_argument("--interval", type=float, default=10.0, help="seconds between polls (default 10)")
+    demo.add_argument("--home", default=None, help="Prefect home for the demo server (default: a new temp dir)")
     demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
@@ -233,9 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_check(*settings_module.load(_overrides(args)))
         if args.command == "demo":
-            from policyflow.demo import run_demo
+            from policyflow.demo import run_demo, serve_demo
 
-            return run_demo(lambda argv: main(list(argv)), cycles=args.cycles)
+            if args.once:
+                return run_demo(lambda argv: main(list(argv)), cycles=args.cycles)
+            import tempfile
+
+            home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="policyflow-prefect-"))
+            return serve_demo(lambda argv: main(list(argv)), home=home, port=args.port or None,
+                              interval=args.interval)
     except ConfigError as exc:
         print(f"policyflow: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -41,27 +41,69 @@ def _example(name: str) -> dict[str, Any]:
     return data
 
 
+class Scenario:
+    """The stand-ins, loaded with the seed's scenario, and the environment that points policyflow at them."""
+
+    def __init__(self, workdir: Path) -> None:
+        crds = sorted(_data("crds").glob("*.yaml"))
+        self.kube = KubeStandin(crds)
+        self.testkube = TestkubeStandin(workflows=["smoke-nova"], running_polls=2)
+        self.workdir = workdir
+
+    def __enter__(self) -> Scenario:
+        self.kube.start()
+        self.testkube.start()
+        failing = self.kube.create(deployment("nginx-no-cpu", cpu="100m"))
+        self.report = self.kube.create(report_for(_example("policyreport-fail.yaml"), failing))
+        passing = self.kube.create(deployment("web-ok", cpu="250m"))
+        self.kube.create(report_for(_example("policyreport-pass.yaml"), passing))
+        kubeconfig = self.kube.write_kubeconfig(self.workdir / "kubeconfig")
+        os.environ.update({
+            "POLICYFLOW_KUBECONFIG": str(kubeconfig),
+            "POLICYFLOW_TESTKUBE_URL": self.testkube.url,
+            "POLICYFLOW_POLL_INTERVAL": "0.5",
+        })
+        os.environ.setdefault("POLICYFLOW_DEFAULT_WORKFLOW", "smoke-nova")
+        print(f"Kubernetes API stand-in: {self.kube.url}  (kubeconfig: {kubeconfig})")
+        print(f"Testkube API stand-in:   {self.testkube.base_url}  (TestWorkflow: smoke-nova)")
+        print(f"Loaded: Deployment default/nginx-no-cpu (cpu 100m) and its failing PolicyReport "
+              f"{self.report['metadata']['name']};\n        Deployment default/web-ok (cpu 250m), passing.\n")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.testkube.stop()
+        self.kube.stop()
+
+
+def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: int | None, interval: float) -> int:
+    """The whole loop in the Prefect UI: a local Prefect server, the stand-ins, the served deployments."""
+    from policyflow.localserver import LocalPrefectServer
+
+    print(BANNER)
+    workdir = Path(tempfile.mkdtemp(prefix="policyflow-demo-"))
+    print(f"Starting a local Prefect server (SQLite in {home}) ...")
+    with LocalPrefectServer(home, port=port) as server, Scenario(workdir):
+        os.environ["PREFECT_API_URL"] = server.api_url
+        print(f"\nPrefect UI: {server.url}\n")
+        print(f"  Runs:      {server.url}/runs  (policy-watch polls every {interval:.0f} s;"
+              " the violation's run")
+        print("             is named require-resources/require-resources-in-deployment default/Deployment/nginx-no-cpu)")
+        print(f"  Artifacts: {server.url}/artifacts")
+        print("  By hand:   Deployments > handle-violation > Run, with report_name, report_namespace, policy, rule;")
+        print("             any violation run > Retry (the chain resumes; Testkube never runs twice for one episode)")
+        print("\nCtrl-C stops everything.\n")
+        sys.stdout.flush()
+        code = serve_cli(["serve", "--interval", str(interval), "--metrics-port", "0"])
+    shutil.rmtree(workdir, ignore_errors=True)
+    return code
+
+
 def run_demo(run_cli: Callable[[Sequence[str]], int], *, cycles: int = 2) -> int:
     """Start the stand-ins, load the seed's scenario, run ``cycles`` detection cycles; the last exit status."""
     print(BANNER)
     workdir = Path(tempfile.mkdtemp(prefix="policyflow-demo-"))
-    crds = sorted(_data("crds").glob("*.yaml"))
-    with KubeStandin(crds) as kube, TestkubeStandin(workflows=["smoke-nova"], running_polls=2) as testkube:
-        failing = kube.create(deployment("nginx-no-cpu", cpu="100m"))
-        report = kube.create(report_for(_example("policyreport-fail.yaml"), failing))
-        passing = kube.create(deployment("web-ok", cpu="250m"))
-        kube.create(report_for(_example("policyreport-pass.yaml"), passing))
-        kubeconfig = kube.write_kubeconfig(workdir / "kubeconfig")
-        os.environ.update({
-            "POLICYFLOW_KUBECONFIG": str(kubeconfig),
-            "POLICYFLOW_TESTKUBE_URL": testkube.url,
-            "POLICYFLOW_POLL_INTERVAL": "0.5",
-        })
-        os.environ.setdefault("POLICYFLOW_DEFAULT_WORKFLOW", "smoke-nova")
-        print(f"Kubernetes API stand-in: {kube.url}  (kubeconfig: {kubeconfig})")
-        print(f"Testkube API stand-in:   {testkube.base_url}  (TestWorkflow: smoke-nova)")
-        print(f"Loaded: Deployment default/nginx-no-cpu (cpu 100m) and its failing PolicyReport "
-              f"{report['metadata']['name']};\n        Deployment default/web-ok (cpu 250m), passing.\n")
+    with Scenario(workdir) as scenario:
+        kube, testkube, report = scenario.kube, scenario.testkube, scenario.report
         code = 0
         for cycle in range(1, cycles + 1):
             print(f"--- cycle {cycle}: policyflow run-once")
