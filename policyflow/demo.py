@@ -87,7 +87,8 @@ def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: i
         print(f"\nPrefect UI: {server.url}\n")
         print(f"  Runs:      {server.url}/runs  (policy-watch polls every {interval:.0f} s;"
               " the violation's run")
-        print("             is named require-resources/require-resources-in-deployment default/Deployment/nginx-no-cpu)")
+        print("             is named require-resources/require-resources-in-deployment "
+              "default/Deployment/nginx-no-cpu)")
         print(f"  Artifacts: {server.url}/artifacts")
         print("  By hand:   Deployments > handle-violation > Run, with report_name, report_namespace, policy, rule;")
         print("             any violation run > Retry (the chain resumes; Testkube never runs twice for one episode)")
