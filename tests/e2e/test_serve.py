@@ -149,6 +149,19 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     assert 'policyflow_violations_detected_total 1.0' in body
     assert "policyflow_poll_duration_seconds_count" in body
 
+    def policyflow_events() -> list[dict[str, Any]] | None:
+        found = httpx.post(f"{api_url()}/events/filter", json={"filter": {"event": {"prefix": ["policyflow."]}}},
+                           timeout=10).json()["events"]
+        return found if any(e["event"] == "policyflow.test.finished" for e in found) else None
+
+    # Events travel asynchronously (client worker, then the server's pipeline): wait for them.
+    events = wait_for("policyflow's events", policyflow_events, timeout=60)
+    names = {e["event"] for e in events}
+    assert names >= {"policyflow.violation.detected", "policyflow.test.started", "policyflow.test.finished"}
+    finished = next(e for e in events if e["event"] == "policyflow.test.finished")
+    assert finished["resource"]["policyflow.status"] == "passed"
+    assert finished["payload"]["execution"] == execution["id"]
+
     time.sleep(4)  # at least one more scheduled poll: nothing new, no second run
     assert len(testkube.executions) == 1
     assert len([r for r in flow_runs("handle-violation") if r.name == TITLE]) == 1
