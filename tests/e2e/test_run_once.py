@@ -467,3 +467,28 @@ def test_a_refused_annotation_patch_fails_the_chain_with_the_verb_named(
     assert result.code == 3
     assert "RBAC forbids patch policyreports" in result.err
     assert testkube.executions == [], "no test runs unless its record can be written first"
+
+
+def test_history_lists_violation_runs_with_execution_and_outcome(
+    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    assert policyflow("run-once").code == 0
+    (execution,) = testkube.executions
+    result = policyflow("history")
+    assert result.code == 0, result.err
+    line = next(row for row in result.out.splitlines()
+                if "default/Deployment/nginx-no-cpu" in row and execution["name"] in row)
+    assert "Completed" in line and "passed" in line and "smoke-nova" in line
+
+
+def test_the_testkube_concurrency_limit_is_created_on_first_use(
+    policyflow: Callable[..., Result], failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    monkeypatch.setenv("POLICYFLOW_TESTKUBE_CONCURRENCY", "7")
+    assert policyflow("run-once").code == 0
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("policyflow-testkube")
+    assert limit.limit == 7
+    assert limit.active_slots == 0, "every slot is given back"
