@@ -7,7 +7,9 @@ import re
 from policyflow.domain.ledger import Record
 from policyflow.domain.model import Violation
 
-_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+# What can start emphasis, code, links, HTML or end a table cell anywhere in a line. `-`, `.`, `#`
+# and `+` matter only at the start of a line, and every value here lands after other text.
+_SPECIAL = re.compile(r"([\\`*_{}\[\]()!|<>~])")
 _NEWLINES = re.compile(r"[\r\n]+")
 
 
@@ -30,7 +32,7 @@ def execution_markdown(violation: Violation, record: Record, *, url: str | None)
         ("Episode", str(record.episode)),
         ("Status", record.status.value),
     ]
-    lines = [f"### {escape(violation.title)}", "", "| | |", "|---|---|"]
+    lines = [f"### {escape(violation.title)}", "", "| Field | Value |", "|---|---|"]
     lines += [f"| {name} | {escape(value)} |" for name, value in rows]
     lines.insert(lines.index("| Status | " + escape(record.status.value) + " |"), f"| Execution | {link} |")
     lines += ["", f"> {escape(violation.message[:2000])}" if violation.message else ""]

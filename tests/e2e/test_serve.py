@@ -143,7 +143,7 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     assert kinds[f"violation-{execution['tags']['policyflow-key']}"] == "markdown"
     assert kinds["policy-watch-cycle"] == "table"
     violation_md = next(a for a in artifacts if a.type == "markdown")
-    assert execution["name"].replace("-", "\\-") in violation_md.data
+    assert f"[{execution['name']}](<" in violation_md.data
 
     body = wait_for("metrics", lambda: _metrics_with(served["metrics"], "policyflow_outcomes_total{status=\"passed\"}"))
     assert 'policyflow_violations_detected_total 1.0' in body
