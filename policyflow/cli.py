@@ -95,7 +95,7 @@ def _scan(args: argparse.Namespace) -> int:
     settings, routing = settings_module.load(_overrides(args))
     kube = KubeClient.connect(kubeconfig=settings.kubeconfig, context=settings.context)
     try:
-        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC))
+        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC), lease_seconds=settings.claim_lease)
     finally:
         kube.close()
     for kind in scan.skipped_kinds:
@@ -140,6 +140,8 @@ def _prepare_flows(args: argparse.Namespace) -> None:
     # A temporary Prefect server started for this run has no business sending telemetry (and its
     # telemetry job races the run for the SQLite database, printing tracebacks).
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # policyflow's own log lines ("started execution smoke-nova-3") belong in the run's logs in the UI.
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "policyflow")
     # Imported here: Prefect costs seconds to import, and scan/--help need none of it.
     from tasks import runtime
 

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     retries: int = Field(4, ge=0, le=20, description="Retries of a step after a transient error")
     retry_delay: float = Field(2.0, ge=0, description="First retry delay in seconds (doubles, with jitter)")
     max_concurrent_chains: int = Field(16, ge=1, le=1000, description="Chains run at once in one cycle")
+    claim_lease: float = Field(
+        300.0, gt=0, description="Seconds an unfinished chain's record is left to its owner before others resume it"
+    )
 
     config: Path | None = Field(None, description="YAML config file with routes (and any setting)")
 

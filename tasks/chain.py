@@ -53,8 +53,6 @@ log = logging.getLogger("policyflow.chain")
 
 #: Who writes in-flight records from this process (see Record.owner).
 OWNER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-#: An in-flight record younger than this belongs to a live chain (chains refresh it while waiting).
-LEASE_SECONDS = 300.0
 
 
 def now_iso() -> str:
@@ -202,7 +200,7 @@ async def fetch_violation(target: Target) -> Fetched:
         record,
         generations={violation.resource.uid or "": generation} if track and generation is not None else None,
         now=datetime.now(UTC),
-        lease_seconds=LEASE_SECONDS,
+        lease_seconds=runtime.settings.claim_lease,
     )
     if record is not None and record.owner == OWNER and planned.action is Action.BUSY:
         # Our own earlier attempt in this process (a Prefect retry): carry on with it.
@@ -363,7 +361,7 @@ async def await_result(report: ReportRef, triggered: Triggered) -> Awaited:
                 # Keep waiting through Testkube hiccups; the overall timeout still bounds the wait.
                 log.info("%s: polling %s: %s", title, execution.name, exc)
                 continue
-            if time.monotonic() - last_heartbeat > LEASE_SECONDS / 3:
+            if time.monotonic() - last_heartbeat > settings.claim_lease / 3:
                 # Refresh the record so other pollers see this chain is alive (see Record.owner).
                 record = replace(record, status=Status.RUNNING, updated=now_iso(), owner=OWNER)
                 await asyncio.to_thread(write_record, runtime.kube, report, record)

@@ -17,7 +17,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from policyflow.domain.ledger import Action, Record, Status, resolved_record
 from policyflow.domain.model import ReportRef
 from policyflow.scanning import Finding, Scan, scan_cluster
-from tasks.chain import LEASE_SECONDS, now_iso, retry_on_transient, write_record
+from tasks.chain import now_iso, retry_on_transient, write_record
 from tasks.runtime import current
 
 log = logging.getLogger("policyflow.detect")
@@ -30,7 +30,7 @@ async def detect_violations() -> Scan:
     """List every report and diff it against the records on it (read-only)."""
     runtime = current()
     scan = await asyncio.to_thread(scan_cluster, runtime.kube, runtime.settings, runtime.routing,
-                                   now=datetime.now(UTC), lease_seconds=LEASE_SECONDS)
+                                   now=datetime.now(UTC), lease_seconds=runtime.settings.claim_lease)
     for kind in scan.skipped_kinds:
         if kind not in _warned_kinds:
             _warned_kinds.add(kind)
@@ -62,7 +62,7 @@ async def find_failed_chains(since_hours: float = 24.0) -> list[Finding]:
     run of a violation that failed or crashed, while its record shows no finished test)."""
     runtime = current()
     scan = await asyncio.to_thread(scan_cluster, runtime.kube, runtime.settings, runtime.routing,
-                                   now=datetime.now(UTC), lease_seconds=LEASE_SECONDS)
+                                   now=datetime.now(UTC), lease_seconds=runtime.settings.claim_lease)
     chosen: dict[str, Finding] = {}
     for finding in scan.findings:
         record = finding.planned.record

@@ -27,7 +27,7 @@ def recent_history(settings: Settings, routing: RoutingTable, *, limit: int = 50
         )
     kube = KubeClient.connect(kubeconfig=settings.kubeconfig, context=settings.context)
     try:
-        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC))
+        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC), lease_seconds=settings.claim_lease)
     finally:
         kube.close()
     records: dict[tuple[str, str, str, str], Record] = {}
