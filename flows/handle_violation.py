@@ -18,7 +18,7 @@ from policyflow.clients.testkube import Execution
 from policyflow.domain.errors import PermanentError, TransientError
 from policyflow.domain.ledger import IN_FLIGHT, Action, Record, Status
 from policyflow.domain.model import ReportRef, report_kind_named
-from policyflow.domain.outcome import UNROUTED, ChainOutcome
+from policyflow.domain.outcome import BUSY, UNROUTED, ChainOutcome
 from policyflow.domain.routing import RoutedTest
 from tasks.chain import (
     Awaited,
@@ -90,7 +90,12 @@ async def handle_violation(
     violation, planned = fetched.violation, fetched.planned
     assert planned is not None
     title = violation.title
-    if planned.action in (Action.HANDLED, Action.BUSY):
+    if planned.action is Action.BUSY:
+        record = planned.record
+        return ChainOutcome(violation.key, title, record.workflow if record else None,
+                            record.execution_name if record else None, BUSY,
+                            detail="another policyflow process is running its chain")
+    if planned.action is Action.HANDLED:
         record = planned.record
         return ChainOutcome(violation.key, title, record.workflow if record else None,
                             record.execution_name if record else None,
@@ -102,7 +107,7 @@ async def handle_violation(
     try:
         triggered = await trigger_testkube.with_options(**options)(fetched, routed)
     except ClaimLost as exc:
-        return ChainOutcome(violation.key, title, routed.workflow, None, "busy", detail=str(exc))
+        return ChainOutcome(violation.key, title, routed.workflow, None, BUSY, detail=str(exc))
     except PermanentError as exc:
         await _record_error(fetched, routed, exc, options)
         raise

@@ -16,6 +16,7 @@ EXIT_UNFINISHED = 3
 #: Chain outcomes that are not a ledger status: nothing was (or could be) run.
 UNROUTED = "unrouted"
 UNFINISHED = "unfinished"  # a transient error outlasted the retries; the next cycle resumes it
+BUSY = "busy"  # another policyflow process is running this violation's chain right now
 
 
 @dataclass(frozen=True, slots=True)
