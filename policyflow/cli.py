@@ -93,7 +93,7 @@ def _scan(args: argparse.Namespace) -> int:
     from policyflow.scanning import scan_cluster
 
     settings, routing = settings_module.load(_overrides(args))
-    kube = KubeClient.connect(kubeconfig=settings.kubeconfig, context=settings.context)
+    kube = KubeClient.connect(**settings.kube_options())
     try:
         scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC), lease_seconds=settings.claim_lease)
     finally:

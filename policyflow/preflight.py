@@ -155,7 +155,7 @@ def check_prefect(environ: Mapping[str, str] | None = None, *, timeout: float = 
 def cluster_checks(settings: Settings, permissions: list[Permission] | None = None) -> Iterator[Check]:
     """The cluster answers, serves the report CRDs and allows ``permissions`` (default: all of them)."""
     try:
-        kube = KubeClient.connect(kubeconfig=settings.kubeconfig, context=settings.context)
+        kube = KubeClient.connect(**settings.kube_options())
     except ConfigError as exc:
         yield Check("cluster", False, detail=str(exc))
         return

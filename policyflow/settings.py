@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         None, description="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
     )
     context: str | None = Field(None, description="kubeconfig context")
+    kube_ca_file: Path | None = Field(
+        None, description="CA bundle to verify the API server (overrides the kubeconfig's; TLS is always verified)"
+    )
     namespaces: CommaList = Field((), description="Only reports in these namespaces (globs)")
     exclude_namespaces: CommaList = Field((), description="Never reports in these namespaces (globs)")
     cluster_reports: bool = Field(True, description="Read cluster-scoped reports too")
@@ -117,6 +120,10 @@ class Settings(BaseSettings):
         if bool(self.testkube_org) != bool(self.testkube_env):
             raise ValueError("set both testkube_org and testkube_env (Testkube Cloud/Pro) or neither (OSS agent)")
         return self
+
+    def kube_options(self) -> dict[str, Any]:
+        """How to reach the cluster, as ``KubeClient.connect`` takes it."""
+        return {"kubeconfig": self.kubeconfig, "context": self.context, "ca_file": self.kube_ca_file}
 
     def dashboard_url(self) -> str | None:
         """The Testkube dashboard base for links: explicit, else Testkube Cloud's for the org/env."""

@@ -25,7 +25,7 @@ def recent_history(settings: Settings, routing: RoutingTable, *, limit: int = 50
             sort=FlowRunSort.START_TIME_DESC,
             limit=limit,
         )
-    kube = KubeClient.connect(kubeconfig=settings.kubeconfig, context=settings.context)
+    kube = KubeClient.connect(**settings.kube_options())
     try:
         scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC), lease_seconds=settings.claim_lease)
     finally:

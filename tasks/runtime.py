@@ -75,7 +75,7 @@ _current: Runtime | None = None
 
 def build(settings: Settings, routing: RoutingTable) -> Runtime:
     """A runtime with clients connected as the settings say (ConfigError when they cannot be)."""
-    kube = KubeClient.connect(kubeconfig=settings.kubeconfig, context=settings.context)
+    kube = KubeClient.connect(**settings.kube_options())
     return Runtime(settings=settings, routing=routing, kube=kube)
 
 

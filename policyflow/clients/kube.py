@@ -68,9 +68,14 @@ class KubeClient:
     # --- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def connect(cls, *, kubeconfig: Path | None = None, context: str | None = None) -> KubeClient:
+    def connect(
+        cls, *, kubeconfig: Path | None = None, context: str | None = None, ca_file: Path | None = None
+    ) -> KubeClient:
         """Load the normal client configuration: ``kubeconfig``/``$KUBECONFIG``/``~/.kube/config``,
-        else the in-cluster service account. ConfigError when neither is usable."""
+        else the in-cluster service account. ConfigError when neither is usable.
+
+        ``ca_file`` replaces the CA the configuration names (a private CA in front of the API server).
+        """
         configuration = k8s.Configuration()
         try:
             k8s_config.load_kube_config(
@@ -91,6 +96,13 @@ class KubeClient:
         # Retries are the task retry policy's job, with backoff; urllib3 retrying underneath would
         # multiply them and hide connection trouble.
         configuration.retries = urllib3.Retry(total=0, connect=0, read=0, redirect=2, status=0)
+        if ca_file is not None:
+            if not ca_file.is_file():
+                raise ConfigError(
+                    f"kube_ca_file {ca_file}: no such file; point POLICYFLOW_KUBE_CA_FILE at a PEM bundle"
+                )
+            configuration.ssl_ca_cert = str(ca_file)
+            configuration.verify_ssl = True
         return cls(api=k8s.ApiClient(configuration))
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -256,3 +256,71 @@ def record_age(record: Record, now: datetime) -> float | None:
 def resolved_record(record: Record, *, now: str) -> Record:
     """``record`` marked resolved: its violation is gone from the report."""
     return replace(record, status=Status.RESOLVED, updated=now)
+
+
+def prune_patch(
+    annotations: Mapping[str, str], name: str, value: str, *, limit: int = 200 * 1024
+) -> dict[str, str | None]:
+    """The merge-patch ``metadata.annotations`` that writes ``name: value`` and keeps the report's
+    annotations under ``limit`` bytes.
+
+    Kubernetes refuses (422) an object whose annotations total 256 KiB or more (the sum over every
+    annotation of the UTF-8 length of its name plus its value). A report that piles up records of
+    violations long gone would one day refuse every write, the new record included. So when writing
+    ``name: value`` would bring the total (after the patch) to ``limit`` or more, the patch also
+    deletes (``None``) the oldest of our own records, as many as needed: ``resolved`` ones first,
+    then finished ones (``passed``, ``failed``, ``aborted``, ``canceled``, ``timedout``, ``error``),
+    each group oldest ``updated`` first (an unreadable timestamp counts as oldest).
+
+    Never deleted: another tool's annotations; in-flight records (``pending``/``queued``/``running``:
+    a live chain owns them); ``name`` itself; and ``policyflow.io/*`` values that are not records
+    this version can read (they may belong to a newer policyflow, and their status is unknown).
+
+    The cost of a deletion: a pruned finished record whose violation still fails looks new at the
+    next cycle, and a pruned resolved one that fails again restarts at episode 1, so its episode id
+    (``<report uid>.1``) may match an execution of that first episode, which is then reused.
+
+    When deleting every record it may delete still leaves the total at ``limit`` or more, the patch
+    is returned anyway, with all those deletions: it may still fit under Kubernetes' own limit, and
+    if not the API server answers 422 and that error surfaces.
+
+    A record is a few hundred bytes; one over 16 KiB means a field was not bounded upstream (an
+    unbounded ``error`` message, say), and that is the bug to fix there, not here: this function
+    does not look at the size of ``value``.
+    """
+    patch: dict[str, str | None] = {name: value}
+
+    def size(key: str, text: str) -> int:
+        return len(key.encode("utf-8")) + len(text.encode("utf-8"))
+
+    def age_order(updated: str) -> float:  # seconds since the epoch (naive: UTC); unreadable: oldest
+        try:
+            when = datetime.fromisoformat(updated)
+            return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        except (ValueError, OverflowError):
+            return float("-inf")
+
+    total = size(name, value) + sum(size(k, v) for k, v in annotations.items() if k != name)
+    if total < limit:
+        return patch
+    candidates: list[tuple[int, float, str, int]] = []
+    for key, text in annotations.items():
+        if key == name or not key.startswith(ANNOTATION_PREFIX):
+            continue
+        try:
+            record = Record.from_json(text)
+        except (ValueError, OverflowError, RecursionError):  # hostile values break from_json (see tests)
+            continue
+        if record.status is Status.RESOLVED:
+            group = 0
+        elif record.status in FINISHED:
+            group = 1
+        else:
+            continue
+        candidates.append((group, age_order(record.updated), key, size(key, text)))
+    for _group, _updated, key, freed in sorted(candidates):
+        if total < limit:
+            break
+        patch[key] = None
+        total -= freed
+    return patch
