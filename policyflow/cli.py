@@ -57,6 +57,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="also run retry-failed-triggers every N seconds (default: by hand only)")
     serve.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port (0: off)")
     serve.add_argument("--limit", type=int, default=None, help="at most N flow runs at once")
+    watch = commands.add_parser(
+        "watch", parents=[common],
+        help="sub-second detection: follow the reports with Kubernetes watches and run each new failure's chain",
+    )
+    watch.add_argument("--resync", type=float, default=600.0,
+                       help="seconds between full detection cycles (default 600; also at start and after 410 Gone)")
+    watch.add_argument("--chain-deployment", default=None,
+                       help="run violation chains as runs of this deployment (e.g. handle-violation/handle-violation)")
     commands.add_parser(
         "retry-failed", parents=[common],
         help="run again the chains whose last run failed (what the retry-failed-triggers deployment does)",
@@ -206,6 +214,16 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    import asyncio
+
+    _prepare_flows(args)
+    from flows.watching import watch
+
+    asyncio.run(watch(resync_seconds=args.resync, chain_deployment=args.chain_deployment))
+    return 0
+
+
 def _history(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -230,6 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_once(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "watch":
+            return _watch(args)
         if args.command == "retry-failed":
             return _retry_failed(args)
         if args.command == "history":

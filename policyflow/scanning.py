@@ -11,6 +11,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from policyflow.clients.kube import ForbiddenError, KubeClient
 from policyflow.domain.errors import NotFoundError
@@ -161,3 +162,33 @@ def resource_labels(kube: KubeClient, violation: Violation, problems: list[str])
     labels = (resource.get("metadata") or {}).get("labels") or {}
     return {str(k): str(v) for k, v in labels.items()}
 
+
+
+def scan_report(
+    kube: KubeClient,
+    settings: Settings,
+    routing: RoutingTable,
+    kind: ReportKind,
+    item: dict[str, Any],
+    *,
+    now: datetime,
+    lease_seconds: float,
+) -> Scan:
+    """What to do about one report as a watch event shows it (no resource-change lookup: the periodic
+    full cycle does that)."""
+    scan = Scan(reports=1)
+    flt = settings.violation_filter()
+    parsed = parse_report(kind, item)
+    if not flt.wants_namespace(parsed.ref.namespace):
+        return scan
+    scan.problems.extend(parsed.problems)
+    records, problems = read_records(parsed.annotations)
+    scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
+    wanted = [v for v in parsed.violations if flt.wants(v)]
+    plan = plan_report(wanted, records, generations=None, now=now, lease_seconds=lease_seconds)
+    scan.resolved.extend((parsed.ref, record) for record in plan.resolved)
+    for planned in plan.planned:
+        needs = planned.action in (Action.NEW, Action.RESUME)
+        routed = _route(kube, routing, planned.violation, scan) if needs else None
+        scan.findings.append(Finding(planned=planned, routed=routed))
+    return scan

@@ -224,6 +224,65 @@ class KubeClient:
             if not token:
                 return
 
+    def list_version(self, kind: ReportKind, *, label_selector: str = "") -> str:
+        """The collection's current resourceVersion (a LIST of one item): where a watch starts."""
+        query: dict[str, str | int] = {"limit": 1}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        page = self._request("GET", self._report_path(kind), query=query, what=f"list {kind.plural}")
+        return str((page.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch_reports(
+        self, kind: ReportKind, *, resource_version: str, label_selector: str = "", timeout_seconds: int = 300
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Changes to reports of ``kind`` after ``resource_version``, as (type, object) pairs, until the
+        server ends the watch (``timeout_seconds``). BOOKMARK events carry only a newer resourceVersion.
+
+        Raises :class:`WatchExpired` when the version is too old (410 Gone): list again, then watch.
+        """
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("resourceVersion", resource_version),
+                 ("timeoutSeconds", str(timeout_seconds))]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        path = self._report_path(kind)
+        _, url, headers, _, _ = self.api.param_serialize(
+            method="GET", resource_path=path, query_params=query, header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api("GET", url, header_params=headers,
+                                         _request_timeout=(10.0, timeout_seconds + 30.0))
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeUnavailable(f"cluster unreachable for watch {kind.plural}: {type(exc).__name__}") from None
+        if response.status != 200:
+            raw = response.read()
+            error = _error_for("GET", path, response.status, raw, response.getheader("Retry-After"),
+                               f"watch {kind.plural}")
+            if response.status == 410:
+                raise WatchExpired(str(error))
+            raise error
+        buffer = b""
+        try:
+            for chunk in response.response.stream(64 * 1024, decode_content=True):
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    kind_of, obj = event.get("type", ""), event.get("object") or {}
+                    if kind_of == "ERROR":
+                        if obj.get("code") == 410:
+                            raise WatchExpired(f"watch {kind.plural}: {obj.get('message', 'too old')}")
+                        raise KubeUnavailable(f"watch {kind.plural}: {obj.get('message', 'error event')}")
+                    obj.setdefault("apiVersion", kind.api_version)
+                    obj.setdefault("kind", kind.kind)
+                    yield kind_of, obj
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise KubeUnavailable(f"watch {kind.plural} broke off: {type(exc).__name__}") from None
+        finally:
+            response.response.release_conn()
+
     def get_report(self, ref: ReportRef) -> dict[str, Any]:
         """The report now. NotFoundError when it is gone."""
         path = self._report_path(ref.kind, namespace=ref.namespace, name=ref.name)
@@ -328,6 +387,10 @@ class KubeClient:
 
 class ConflictError(KubeUnavailable):
     """409 Conflict: the object changed since it was read (a conditional patch lost the race)."""
+
+
+class WatchExpired(KubeError):
+    """410 Gone on a watch: the resourceVersion is older than the server keeps; list again."""
 
 
 class ContinueExpired(KubeError):

@@ -1,0 +1,86 @@
+"""Watch mode: new failures are handled as their reports change, exactly once, with catch-up at start."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policyflow.clients.kube import KubeClient, WatchExpired
+from policyflow.domain.model import POLICY_REPORT
+from policyflow.standins.kube import KubeStandin
+from policyflow.standins.scenario import deployment, report_for
+from policyflow.standins.testkube import TestkubeStandin
+from tests.specs import ROOT, example
+
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
+
+
+def test_the_client_streams_changes_and_says_when_its_version_expired(kube: KubeStandin, kubeconfig: Path) -> None:
+    client = KubeClient.connect(kubeconfig=kubeconfig)
+    start = client.list_version(POLICY_REPORT)
+    created = kube.create(report_for(example("policyreport-fail.yaml"), kube.create(deployment("web"))))
+    events = list(client.watch_reports(POLICY_REPORT, resource_version=start, timeout_seconds=1))
+    assert ("ADDED", created["metadata"]["name"]) in [(t, o["metadata"]["name"]) for t, o in events]
+    kube.expire_continue_tokens()
+    with pytest.raises(WatchExpired):
+        list(client.watch_reports(POLICY_REPORT, resource_version=start, timeout_seconds=1))
+
+
+def test_watch_handles_new_failures_once_and_catches_up(
+    kube: KubeStandin, kubeconfig: Path, testkube: TestkubeStandin, tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    template = example("policyreport-fail.yaml")
+    before = kube.create(report_for(template, kube.create(deployment("before-start"))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYFLOW_")}
+    env.update({"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "POLICYFLOW_KUBECONFIG": str(kubeconfig), "POLICYFLOW_TESTKUBE_URL": testkube.url,
+                "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova", "POLICYFLOW_POLL_INTERVAL": "0.05",
+                "POLICYFLOW_POLL_INTERVAL_MAX": "0.1"})
+    log = tmp_path / "watch.log"
+    process = subprocess.Popen([sys.executable, "-m", "policyflow.cli", "watch", "--resync", "600"], cwd=ROOT,
+                               env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    reports = [before]
+    try:
+        wait(lambda: len(testkube.executions) == 1, "catch-up of the failure that was there before")
+        for i in range(4):
+            reports.append(kube.create(report_for(template, kube.create(deployment(f"app-{i}")))))
+        wait(lambda: all(status(kube, r) == "passed" for r in reports), "every new failure to be handled")
+        # Kyverno re-scans: the same failures, new timestamps. Nothing new.
+        for report in reports:
+            now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], "default")
+            assert now is not None
+            now["results"][0]["timestamp"]["seconds"] += 3600
+            kube.replace(now)
+        time.sleep(2)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        print(log.read_text()[-4000:])
+    per_key = Counter(e["tags"]["policyflow-key"] for e in testkube.executions)
+    assert len(per_key) == len(reports) and set(per_key.values()) == {1}, per_key
+
+
+def wait(probe: Any, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if probe():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status(kube: KubeStandin, report: dict[str, Any]) -> str | None:
+    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], "default") or {}
+    values = [v for k, v in (now.get("metadata", {}).get("annotations") or {}).items()
+              if k.startswith("policyflow.io/")]
+    return json.loads(values[0])["status"] if values else None
