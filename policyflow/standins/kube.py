@@ -867,12 +867,16 @@ class KubeStandin:
         token: str = "standin-token",
         user: str = DEFAULT_USER,
         bookmark_interval: float = 60.0,
+        anonymous_is_user: bool = False,
     ) -> None:
         """Load the CRDs (every served version) next to the built-in kinds; ``default`` and the other
         system namespaces exist. ``user`` is the name the token authenticates as (in 403 messages);
         ``bookmark_interval`` is how often a quiet watch with bookmarks gets one (the apiserver: 1 min).
+        ``anonymous_is_user`` gives requests without credentials the user's rights, like a cluster that
+        binds roles to system:anonymous (kubectl sends no bearer token over plain http).
         """
         self._token = token
+        self._anonymous_is_user = anonymous_is_user
         self.user = user
         self.bookmark_interval = bookmark_interval
         self._resources: dict[tuple[str, str, str], Resource] = {}
@@ -1446,7 +1450,7 @@ class KubeStandin:
         authorization = headers.get("authorization")
         if authorization is not None and authorization != f"Bearer {self._token}":
             raise _error(401, "Unauthorized")
-        user = self.user if authorization is not None else ANONYMOUS
+        user = self.user if authorization is not None or self._anonymous_is_user else ANONYMOUS
         if not info.resource_request:
             if user == ANONYMOUS and path.rstrip("/") not in _UNAUTHENTICATED_PATHS:
                 raise _error(403, f'forbidden: User "{user}" cannot get path "{path}"', {})
