@@ -21,7 +21,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from policyflow.domain.errors import ConfigError
+from policyflow.domain.errors import ConfigError, one_line
 from policyflow.domain.model import ResultKind
 from policyflow.domain.reports import ViolationFilter
 from policyflow.domain.routing import Route, RoutingTable
@@ -32,7 +32,7 @@ CommaList = Annotated[tuple[str, ...], NoDecode]
 class Settings(BaseSettings):
     """Everything policyflow can be told. Each field is also ``POLICYFLOW_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="POLICYFLOW_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="POLICYFLOW_", extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- Testkube -------------------------------------------------------------------------------
     testkube_url: AnyHttpUrl | None = Field(
@@ -146,20 +146,24 @@ class Settings(BaseSettings):
         )
 
 
-def _error_lines(exc: ValidationError, origin: str) -> str:
+def _error_lines(exc: ValidationError, origin: str) -> list[str]:
     lines = []
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        where = one_line(".".join(str(p) for p in error["loc"]) or "(top level)", 120)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown setting (check the spelling; see the configuration reference in the README)"
-        lines.append(f"{origin}: {where}: {message}")
-    return "\n".join(lines)
+        lines.append(f"{origin}: {where}: {one_line(message)}")
+    return lines
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 YAML"
+        ) from None
     except OSError as exc:
         raise ConfigError(
             f"config file {path}: cannot read it ({exc.strerror}); check --config / POLICYFLOW_CONFIG"
@@ -173,6 +177,13 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {problem}{where}") from None
     if data is None:
         return {}
+    if isinstance(data, dict):
+        odd = [k for k in data if not isinstance(k, str)]
+        if odd:
+            raise ConfigError(
+                f"config file {path}: {one_line(repr(odd[0]), 80)}: unknown setting (top-level keys are "
+                "routes and setting names; see the configuration reference in the README)"
+            )
     if not isinstance(data, dict):
         raise ConfigError(
             f"config file {path}: the top level must be a mapping (routes:, settings...), not {type(data).__name__}"
@@ -183,46 +194,50 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 def load(overrides: dict[str, Any] | None = None) -> tuple[Settings, RoutingTable]:
     """Settings and routes from CLI ``overrides``, the environment and the config file.
 
-    Raises :class:`ConfigError` with one line per problem.
+    Raises :class:`ConfigError` with one line per problem, every problem at once (a bad setting does
+    not hide a bad route).
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     try:
         first = Settings(**overrides)
     except ValidationError as exc:
-        raise ConfigError(_error_lines(exc, "setting")) from None
-    file_values: dict[str, Any] = {}
-    routes_data: Any = []
-    if first.config is not None:
-        file_values = _read_config_file(first.config)
-        routes_data = file_values.pop("routes", []) or []
-        file_values.pop("config", None)
-        file_data = dict(file_values)
+        raise ConfigError("\n".join(_error_lines(exc, "setting"))) from None
+    if first.config is None:
+        return first, RoutingTable(default_workflow=first.default_workflow)
+    origin = f"config file {first.config}"
+    file_values = _read_config_file(first.config)
+    routes_data = file_values.pop("routes", None)
+    file_values.pop("config", None)
+    problems: list[str] = []
 
-        class _WithFile(Settings):
-            @classmethod
-            def settings_customise_sources(
-                cls,
-                settings_cls: type[BaseSettings],
-                init_settings: PydanticBaseSettingsSource,
-                env_settings: PydanticBaseSettingsSource,
-                dotenv_settings: PydanticBaseSettingsSource,
-                file_secret_settings: PydanticBaseSettingsSource,
-            ) -> tuple[PydanticBaseSettingsSource, ...]:
-                return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_data))
+    class _WithFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_values))
 
-        try:
-            settings: Settings = _WithFile(**overrides)
-        except ValidationError as exc:
-            raise ConfigError(_error_lines(exc, f"config file {first.config}")) from None
-    else:
-        settings = first
+    settings: Settings | None = None
+    try:
+        settings = _WithFile(**overrides)
+    except ValidationError as exc:
+        problems.extend(_error_lines(exc, origin))
+    routes: list[Route] = []
+    if routes_data is None:
+        routes_data = []
     if not isinstance(routes_data, list):
-        raise ConfigError(f"config file {settings.config}: routes must be a list of routes")
-    routes = []
+        problems.append(f"{origin}: routes must be a list of routes, not {type(routes_data).__name__}")
+        routes_data = []
     for index, item in enumerate(routes_data):
         try:
             routes.append(Route.model_validate(item))
         except ValidationError as exc:
-            raise ConfigError(_error_lines(exc, f"config file {settings.config}: routes[{index}]")) from None
-    table = RoutingTable(routes=tuple(routes), default_workflow=settings.default_workflow)
-    return settings, table
+            problems.extend(_error_lines(exc, f"{origin}: routes[{index}]"))
+    if problems or settings is None:
+        raise ConfigError("\n".join(problems))
+    return settings, RoutingTable(routes=tuple(routes), default_workflow=settings.default_workflow)

@@ -25,7 +25,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from policyflow import metrics
-from policyflow.clients.kube import ConflictError, ForbiddenError, KubeClient
+from policyflow.clients.kube import ConflictError, ForbiddenError, KubeClient, KubeError
 from policyflow.clients.testkube import Execution, TestkubeClient
 from policyflow.domain.errors import NotFoundError, PermanentError, PolicyflowError, TransientError
 from policyflow.domain.events import event_for
@@ -38,6 +38,7 @@ from policyflow.domain.ledger import (
     annotation_name,
     episode_id,
     plan_violation,
+    prune_patch,
     read_records,
     record_age,
 )
@@ -231,6 +232,11 @@ def _claim(kube: KubeClient, violation: Violation, claim: Record, report_version
         try:
             kube.patch_report_annotations(violation.report, {name: claim.to_json()}, resource_version=version)
             return
+        except KubeError as exc:
+            if not _annotations_full(exc):
+                raise
+            make_room(kube, violation.report, name, claim.to_json())
+            continue  # the version moved: the conflict path below re-reads it next time round
         except ConflictError:
             report = kube.get_report(violation.report)
             records, _ = read_records((report.get("metadata") or {}).get("annotations") or {})
@@ -243,13 +249,39 @@ def _claim(kube: KubeClient, violation: Violation, claim: Record, report_version
 
 
 def write_record(kube: KubeClient, violation_report: ReportRef, record: Record) -> bool:
-    """Merge-patch ``record`` onto its report. False (logged) when the report is gone."""
+    """Merge-patch ``record`` onto its report. False (logged) when the report is gone.
+
+    When the API server refuses because the report's annotations would pass 256 KiB, the oldest of
+    our finished records make room (``prune_patch``) and the write is tried once more.
+    """
+    name, value = annotation_name(record.key), record.to_json()
     try:
-        kube.patch_report_annotations(violation_report, {annotation_name(record.key): record.to_json()})
+        try:
+            kube.patch_report_annotations(violation_report, {name: value})
+        except KubeError as exc:
+            if not _annotations_full(exc):
+                raise
+            make_room(kube, violation_report, name, value)
+            kube.patch_report_annotations(violation_report, {name: value})
     except NotFoundError:
         log.warning("%s vanished; the record of %s/%s was not written", violation_report, record.policy, record.rule)
         return False
     return True
+
+
+def _annotations_full(exc: Exception) -> bool:
+    return "metadata.annotations" in str(exc) and "Too long" in str(exc)
+
+
+def make_room(kube: KubeClient, report_ref: ReportRef, name: str, value: str) -> None:
+    """Delete the oldest of our finished records so that ``name: value`` fits (see ``prune_patch``).
+    Deleting finished records needs no precondition: no chain is working on them."""
+    report = kube.get_report(report_ref)
+    annotations = (report.get("metadata") or {}).get("annotations") or {}
+    deletions = {k: v for k, v in prune_patch(annotations, name, value).items() if v is None}
+    log.warning("%s: annotations at the 256 KiB limit; pruning %d old records", report_ref, len(deletions))
+    if deletions:
+        kube.patch_report_annotations(report_ref, deletions)
 
 
 def _post_event(kube: KubeClient, violation: Violation, record: Record) -> None:

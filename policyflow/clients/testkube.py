@@ -29,6 +29,7 @@ from policyflow.domain.errors import (
     PermanentError,
     TransientError,
     UnknownWorkflowError,
+    one_line,
     parse_retry_after,
 )
 
@@ -100,8 +101,8 @@ def parse_execution(data: Any) -> Execution:
     status = result.get("status") or "queued"
     if not isinstance(status, str) or status not in KNOWN:
         raise TestkubeProtocolError(
-            f"Testkube execution {execution_id} has status {status!r}, which policyflow does not know; "
-            "upgrade policyflow or check the Testkube version"
+            f"Testkube execution {one_line(execution_id, 64)} has status {one_line(repr(status), 64)}, which "
+            "policyflow does not know; upgrade policyflow or check the Testkube version"
         )
     workflow = data.get("workflow") if isinstance(data.get("workflow"), Mapping) else {}
     assert isinstance(workflow, Mapping)
@@ -188,6 +189,11 @@ class TestkubeClient:
                 return None
             try:
                 return response.json()
+            except RecursionError:
+                raise TestkubeProtocolError(
+                    f"Testkube answered {method} {path} with a body that is not JSON policyflow can read "
+                    "(nested too deep)"
+                ) from None
             except ValueError:
                 raise TestkubeProtocolError(
                     f"Testkube answered {method} {path} with {response.status_code} but the body is not JSON "
@@ -209,12 +215,15 @@ class TestkubeClient:
         path = (f"/test-workflows/{quote(workflow, safe='')}/executions" if workflow
                 else "/test-workflow-executions")
         data = await self._call("GET", path, params={"tagSelector": selector(tags), "pageSize": "100"})
-        # The agent answers {totals, filtered, results}; the spec says a bare list.
+        # The agent answers {totals, filtered, results}; the spec says a bare list. Anything else
+        # cannot rule out an existing run, so it must not read as "none found".
         items = data.get("results") if isinstance(data, Mapping) else data
-        if items is None:
-            return []
+        if isinstance(data, Mapping) and "results" in data and data["results"] is None:
+            items = []  # Go writes an empty result list as null
         if not isinstance(items, list):
-            raise TestkubeProtocolError("Testkube's execution list has no results array")
+            raise TestkubeProtocolError(
+                "Testkube's execution list has no results array; cannot tell whether this episode already ran"
+            )
         return [parse_execution(item) for item in items]
 
     async def get_execution(self, *, execution_id: str) -> Execution:

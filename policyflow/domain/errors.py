@@ -5,6 +5,8 @@ Every message is one line that says what is wrong and what to do about it, and n
 
 from __future__ import annotations
 
+import re
+
 
 class PolicyflowError(Exception):
     """Base of every error policyflow raises on purpose."""
@@ -35,6 +37,16 @@ class NotFoundError(PermanentError):
 
 class UnknownWorkflowError(PermanentError):
     """Testkube has no TestWorkflow by that name."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """``text`` safe to put in a one-line message: control characters (newlines included) shown as
+    escapes, and at most ``limit`` characters (a value from a file or a server can be huge)."""
+    shown = _CONTROL.sub(lambda m: repr(m.group(0))[1:-1], text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def parse_retry_after(header: str | None) -> float | None:

@@ -94,6 +94,8 @@ class Record:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"not JSON ({exc.msg})") from None
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
         try:
@@ -120,8 +122,8 @@ class Record:
             )
         except KeyError as exc:
             raise ValueError(f"field {exc.args[0]!r} is missing") from None
-        except (TypeError, ValueError) as exc:
-            raise ValueError(str(exc)) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ValueError(str(exc)[:200]) from None
 
 
 def _opt_str(value: Any) -> str | None:
@@ -276,9 +278,10 @@ def prune_patch(
     a live chain owns them); ``name`` itself; and ``policyflow.io/*`` values that are not records
     this version can read (they may belong to a newer policyflow, and their status is unknown).
 
-    The cost of a deletion: a pruned finished record whose violation still fails looks new at the
-    next cycle, and a pruned resolved one that fails again restarts at episode 1, so its episode id
-    (``<report uid>.1``) may match an execution of that first episode, which is then reused.
+    The cost of a deletion: the violation of a pruned record, failing still (finished) or again
+    (resolved), looks new and starts over at episode 1. Its episode id, ``<report uid>.1``, is that
+    of its first episode on the same report, so the trigger finds (by tag, or in the task cache) the
+    execution of that first episode and reuses it instead of running a new test.
 
     When deleting every record it may delete still leaves the total at ``limit`` or more, the patch
     is returned anyway, with all those deletions: it may still fit under Kubernetes' own limit, and

@@ -13,9 +13,19 @@ _SPECIAL = re.compile(r"([\\`*_{}\[\]()!|<>~])")
 _NEWLINES = re.compile(r"[\r\n]+")
 
 
+_BLOCK_START = re.compile(r"^(\s*)(?:([#>+=-])|(\d+)([.)]))")
+
+
 def escape(text: str) -> str:
-    """``text`` as literal markdown: special characters escaped, one line."""
-    return _SPECIAL.sub(r"\\\1", _NEWLINES.sub(" ", text))
+    """``text`` as literal markdown: special characters escaped, one line, and nothing at its start
+    that could open a block (heading, quote, list, rule) wherever it lands."""
+    line = _SPECIAL.sub(r"\\\1", _NEWLINES.sub(" ", text))
+    def neutralise(m: re.Match[str]) -> str:
+        if m.group(2):  # heading, quote, list or rule marker: escape it
+            return f"{m.group(1)}\\{m.group(2)}"
+        return f"{m.group(1)}{m.group(3)}\\{m.group(4)}"  # "1." -> "1\.": an escape must precede punctuation
+
+    return _BLOCK_START.sub(neutralise, line)
 
 
 def execution_markdown(violation: Violation, record: Record, *, url: str | None) -> str:

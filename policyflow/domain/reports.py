@@ -63,7 +63,8 @@ def _report_subject(report: Mapping[str, Any], namespace: str | None) -> Resourc
     scope = _resource_from(report.get("scope"), namespace)
     if scope is not None:
         return scope
-    owners = (report.get("metadata") or {}).get("ownerReferences")
+    metadata = report.get("metadata")
+    owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
     if isinstance(owners, list) and owners:
         return _resource_from(owners[0], namespace)
     return None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from policyflow.domain.errors import one_line
 from policyflow.domain.model import Violation
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -45,16 +46,17 @@ TEMPLATE_FIELDS: dict[str, Callable[[Violation], str]] = {
 
 def check_template(template: str) -> str:
     """``template`` unchanged if every placeholder is known; ValueError naming the bad one otherwise."""
+    shown = one_line(repr(template), 80)
     for match in _PLACEHOLDER.finditer(template):
         token = match.group(0)
         if token in ("{{", "}}"):
             continue
         name = match.group(1)
         if name is None:
-            raise ValueError(f"unbalanced {token!r} in {template!r}: write {token * 2} for a literal brace")
+            raise ValueError(f"unbalanced {token!r} in {shown}: write {token * 2} for a literal brace")
         if name not in TEMPLATE_FIELDS:
             known = ", ".join("{" + f + "}" for f in TEMPLATE_FIELDS)
-            raise ValueError(f"unknown placeholder {{{name}}} in {template!r}; known: {known}")
+            raise ValueError(f"unknown placeholder {{{one_line(name, 60)}}} in {shown}; known: {known}")
     return template
 
 
@@ -122,6 +124,8 @@ class Route(BaseModel):
     @field_validator("workflow")
     @classmethod
     def _workflow_template(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("workflow is blank: name the TestWorkflow to run")
         return check_template(value)
 
     @field_validator("config", "tags")

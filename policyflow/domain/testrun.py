@@ -19,7 +19,7 @@ RESERVED_TAGS = frozenset(
      "resource-name"}
 )
 MAX_TAG_VALUE = 256
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 def tag_value(value: str) -> str:

@@ -1150,6 +1150,13 @@ class KubeStandin:
         if isinstance(meta, dict):
             unknown += [f"metadata.{k}" for k in meta if k not in _META_FIELDS]
             obj["metadata"] = {k: v for k, v in meta.items() if k in _META_FIELDS}
+            annotations = obj["metadata"].get("annotations")
+            if isinstance(annotations, dict):
+                # apimachinery ValidateAnnotationsSize: keys plus values, 256 KiB in all.
+                total = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in annotations.items())
+                if total > 262144:
+                    causes.append(_cause("FieldValueTooLong", "Too long: must have at most 262144 bytes",
+                                         "metadata.annotations"))
         if res.schema is not None:
             obj = _check_schema(obj, res.schema, "", unknown, causes)
         unknown.sort()

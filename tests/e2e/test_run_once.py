@@ -492,3 +492,25 @@ def test_the_testkube_concurrency_limit_is_created_on_first_use(
         limit = client.read_global_concurrency_limit_by_name("policyflow-testkube")
     assert limit.limit == 7
     assert limit.active_slots == 0, "every slot is given back"
+
+
+def test_a_report_full_of_old_records_makes_room_for_the_new_one(
+    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin
+) -> None:
+    report = report_for(example("policyreport-fail.yaml"), deploy(kube, "crowded"))
+    old = {"key": "", "policy": "p", "rule": "r", "resource": "default/Deployment/x" + "x" * 150,
+           "status": "resolved", "episode": 1, "report_uid": "u", "updated": "2025-01-01T00:00:00+00:00"}
+    annotations: dict[str, str] = {}
+    while sum(len(k) + len(v) for k, v in annotations.items()) < 262144 - 400:
+        key = f"{len(annotations):016x}"
+        annotations[f"policyflow.io/{key}"] = json.dumps({**old, "key": key})
+    report["metadata"]["annotations"] = annotations
+    created = kube.create(report)  # fits, barely: the next record would not
+    result = policyflow("run-once")
+    assert result.code == 0, result.err
+    annotations = current(kube, created)["metadata"]["annotations"]
+    assert sum(len(k) + len(v) for k, v in annotations.items()) < 256 * 1024
+    (execution,) = testkube.executions
+    new = json.loads(annotations[f"policyflow.io/{execution['tags']['policyflow-key']}"])
+    assert new["status"] == "passed"
+    assert len(annotations) < len(report["metadata"]["annotations"]), "old resolved records made room"
