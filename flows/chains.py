@@ -73,11 +73,17 @@ async def run_chains(requests: list[ChainRequest], *, chain_deployment: str | No
 
 async def _run_one(request: ChainRequest, gate: asyncio.Semaphore, deployment_id: UUID | None) -> ChainOutcome:
     async with gate:
-        if deployment_id is not None:
-            state = await run_as_deployment_run(deployment_id, request)
-        else:
-            with tags(*request.tags):
-                state = await handle_violation(**request.parameters, return_state=True)
+        try:
+            if deployment_id is not None:
+                state = await run_as_deployment_run(deployment_id, request)
+            else:
+                with tags(*request.tags):
+                    state = await handle_violation(**request.parameters, return_state=True)
+        except Exception as exc:  # the Prefect API itself failed (overloaded, unreachable): not this chain's fault
+            log.warning("%s: could not run its chain: %s; the next cycle resumes it", request.title, exc)
+            metrics.TRIGGERS_FAILED.labels(kind=type(exc).__name__).inc()
+            return ChainOutcome(request.key, request.title, request.workflow, None, UNFINISHED,
+                                detail=f"Prefect API: {type(exc).__name__}")
     result = state.result(raise_on_failure=False)
     if inspect.isawaitable(result):
         result = await result
