@@ -52,6 +52,27 @@ def kubeconfig(kube: KubeStandin, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """POLICYFLOW_* for a user of the stand-ins (nothing else of the caller's), with short waits so
+    tests stay quick. Returned too, for tests that start policyflow as a subprocess."""
+    for name in list(os.environ):
+        if name.startswith("POLICYFLOW_"):
+            monkeypatch.delenv(name)
+    values = {
+        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
+        "POLICYFLOW_TESTKUBE_URL": testkube.url,
+        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
+        "POLICYFLOW_POLL_INTERVAL": "0.05",
+        "POLICYFLOW_POLL_INTERVAL_MAX": "0.2",
+        "POLICYFLOW_RETRY_DELAY": "0.05",
+        "POLICYFLOW_TESTKUBE_TIMEOUT": "2",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+@pytest.fixture
 def testkube() -> Iterator[TestkubeStandin]:
     """The Testkube agent stand-in with a ``smoke-nova`` TestWorkflow, validating against the spec."""
     with TestkubeStandin(openapi_spec=TESTKUBE_OPENAPI, workflows=["smoke-nova"]) as server:

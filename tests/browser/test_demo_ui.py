@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import httpx
 import pytest
 
+from tests.helpers import wait_until
 from tests.specs import ROOT
 
 if TYPE_CHECKING:
@@ -57,16 +57,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +97,7 @@ def demo(tmp_path: Path) -> Iterator[str]:
                     raise AssertionError(f"policyflow demo exited with {process.returncode}")
                 return f"Prefect UI: {url}" in log_path.read_text(errors="replace")
 
-            wait_for("the demo's 'Prefect UI:' line", ready, timeout=150)
+            wait_until("the demo's 'Prefect UI:' line", ready, timeout=150)
             yield url
         finally:
             process.send_signal(signal.SIGTERM)  # the Prefect runner shuts down gracefully on SIGTERM
@@ -169,7 +159,7 @@ def test_the_demo_ui_shows_the_violation_run_its_task_runs_and_its_artifact(
     from playwright.sync_api import expect
 
     expect.set_options(timeout=UI_TIMEOUT_MS)
-    run = wait_for(f"a COMPLETED flow run named {TITLE!r}", lambda: completed_violation_run(demo), timeout=150)
+    run = wait_until(f"a COMPLETED flow run named {TITLE!r}", lambda: completed_violation_run(demo), timeout=150)
     task_runs = api(demo, "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
     assert sorted(t["name"].rsplit("-", 1)[0] for t in task_runs) == sorted(TASKS)
     (artifact,) = [a for a in api(demo, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})

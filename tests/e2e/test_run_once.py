@@ -38,26 +38,6 @@ class Result:
 
 
 @pytest.fixture
-def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """POLICYFLOW_* for a user of the stand-ins, with short waits so tests stay quick."""
-    for name in list(os.environ):
-        if name.startswith("POLICYFLOW_"):
-            monkeypatch.delenv(name)
-    values = {
-        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
-        "POLICYFLOW_TESTKUBE_URL": testkube.url,
-        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
-        "POLICYFLOW_POLL_INTERVAL": "0.05",
-        "POLICYFLOW_POLL_INTERVAL_MAX": "0.2",
-        "POLICYFLOW_RETRY_DELAY": "0.05",
-        "POLICYFLOW_TESTKUBE_TIMEOUT": "2",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-@pytest.fixture
 def policyflow(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
     """Run the ``policyflow`` command in-process and capture what it prints."""
 

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from policyflow.cli import main
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
+from tests.helpers import wait_until
 from tests.specs import ROOT, example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
@@ -54,39 +55,12 @@ def scenario(kube: KubeStandin) -> dict[str, Any]:
     return kube.create(report_for(example("policyreport-fail.yaml"), kube.create(deployment("nginx-no-cpu"))))
 
 
-@pytest.fixture
-def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    for name in list(os.environ):
-        if name.startswith("POLICYFLOW_"):
-            monkeypatch.delenv(name)
-    values = {
-        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
-        "POLICYFLOW_TESTKUBE_URL": testkube.url,
-        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
-        "POLICYFLOW_POLL_INTERVAL": "0.1",
-        "POLICYFLOW_RETRY_DELAY": "0.05",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
 def flow_runs(flow_name: str) -> list[Any]:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 
     with get_client(sync_client=True) as client:
         return list(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))))
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_named(title: str, state: str, *, run_count: int = 1) -> Any:
@@ -127,7 +101,8 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    run = wait_for("the violation's run to complete", lambda: run_named(TITLE, "COMPLETED"))
+    run = wait_until("the violation's run to complete", lambda: run_named(TITLE, "COMPLETED"),
+                     timeout=120, every=0.5)
     assert set(run.tags) >= {"policy:require-resources", "namespace:default", "workflow:smoke-nova"}
     assert run.deployment_id is not None, "a deployment run, so the UI offers Retry"
     (execution,) = testkube.executions
@@ -145,7 +120,8 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     violation_md = next(a for a in artifacts if a.type == "markdown")
     assert f"[{execution['name']}](<" in violation_md.data
 
-    body = wait_for("metrics", lambda: _metrics_with(served["metrics"], "policyflow_outcomes_total{status=\"passed\"}"))
+    passed = 'policyflow_outcomes_total{status="passed"}'
+    body = wait_until("metrics", lambda: _metrics_with(served["metrics"], passed), timeout=120)
     assert 'policyflow_violations_detected_total 1.0' in body
     assert "policyflow_poll_duration_seconds_count" in body
 
@@ -155,7 +131,7 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
         return found if any(e["event"] == "policyflow.test.finished" for e in found) else None
 
     # Events travel asynchronously (client worker, then the server's pipeline): wait for them.
-    events = wait_for("policyflow's events", policyflow_events, timeout=60)
+    events = wait_until("policyflow's events", policyflow_events, timeout=60)
     names = {e["event"] for e in events}
     assert names >= {"policyflow.violation.detected", "policyflow.test.started", "policyflow.test.finished"}
     finished = next(e for e in events if e["event"] == "policyflow.test.finished")
@@ -181,13 +157,13 @@ def test_a_failed_violation_run_retried_through_the_api_does_not_start_a_second_
     # The run starts its execution, then await-result is told the execution does not exist (a
     # permanent error): the violation's run fails with the execution already started.
     testkube.inject(method="GET", path=r"/test-workflow-executions/[0-9a-f]{24}$", status=404)
-    run = wait_for("the violation's run to fail", lambda: run_named(TITLE, "FAILED"), timeout=180)
+    run = wait_until("the violation's run to fail", lambda: run_named(TITLE, "FAILED"), timeout=180, every=0.5)
     (first,) = testkube.executions
     done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)], env=served["env"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    retried = wait_for("the retried run to complete", lambda: run_named(TITLE, "COMPLETED", run_count=2),
-                       timeout=180)
+    retried = wait_until("the retried run to complete", lambda: run_named(TITLE, "COMPLETED", run_count=2),
+                         timeout=180, every=0.5)
     assert retried.id == run.id
     assert [e["id"] for e in testkube.executions] == [first["id"]]
 

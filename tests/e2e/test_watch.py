@@ -18,6 +18,7 @@ from policyflow.domain.model import POLICY_REPORT
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
+from tests.helpers import wait_until
 from tests.specs import ROOT, example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
@@ -51,10 +52,11 @@ def test_watch_handles_new_failures_once_and_catches_up(
                                env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     reports = [before]
     try:
-        wait(lambda: len(testkube.executions) == 1, "catch-up of the failure that was there before")
+        wait_until("catch-up of the failure that was there before", lambda: len(testkube.executions) == 1, timeout=90)
         for i in range(4):
             reports.append(kube.create(report_for(template, kube.create(deployment(f"app-{i}")))))
-        wait(lambda: all(status(kube, r) == "passed" for r in reports), "every new failure to be handled")
+        wait_until("every new failure to be handled",
+                   lambda: all(status(kube, r) == "passed" for r in reports), timeout=90)
         # Kyverno re-scans: the same failures, new timestamps. Nothing new.
         for report in reports:
             now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], "default")
@@ -68,15 +70,6 @@ def test_watch_handles_new_failures_once_and_catches_up(
         print(log.read_text()[-4000:])
     per_key = Counter(e["tags"]["policyflow-key"] for e in testkube.executions)
     assert len(per_key) == len(reports) and set(per_key.values()) == {1}, per_key
-
-
-def wait(probe: Any, what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status(kube: KubeStandin, report: dict[str, Any]) -> str | None:

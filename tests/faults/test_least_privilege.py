@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import pytest
 
@@ -15,17 +13,6 @@ from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
 from tests.specs import example
-
-
-@pytest.fixture
-def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith(("POLICYFLOW_", "PREFECT_API_URL")):
-            monkeypatch.delenv(name)
-    for name, value in {"POLICYFLOW_KUBECONFIG": str(kubeconfig), "POLICYFLOW_TESTKUBE_URL": testkube.url,
-                        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova", "POLICYFLOW_POLL_INTERVAL": "0.05",
-                        "POLICYFLOW_RETRY_DELAY": "0.05"}.items():
-        monkeypatch.setenv(name, value)
 
 
 @pytest.mark.parametrize("permission", needed(), ids=str)

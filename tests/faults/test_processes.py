@@ -24,6 +24,7 @@ import pytest
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
+from tests.helpers import wait_until
 from tests.specs import ROOT, example
 
 pytestmark = [pytest.mark.usefixtures("prefect_api")]
@@ -76,16 +77,6 @@ def finish(process: subprocess.Popen[str], timeout: float = 120) -> int:
     code = process.wait(timeout=timeout)
     print(Path(process.log).read_text()[-3000:])  # type: ignore[attr-defined]
     return code
-
-
-def wait_until(what: str, probe: Callable[[], Any], timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def failing_reports(kube: KubeStandin, count: int) -> list[dict[str, Any]]:
