@@ -114,9 +114,15 @@ async def handle_violation(
     except TransientError:
         await _release_claim(fetched, routed)
         raise
-    awaited = await await_result.with_options(**options)(violation.report, triggered)
-    final = await annotate_report.with_options(**options)(violation.report, _result_record(triggered, awaited),
-                                                          violation)
+    try:
+        awaited = await await_result.with_options(**options)(violation.report, triggered)
+        final = await annotate_report.with_options(**options)(violation.report, _result_record(triggered, awaited),
+                                                              violation)
+    except Exception:
+        # Give the episode back (owner cleared) so the next cycle resumes it at once with the same
+        # execution, instead of waiting out the lease of a chain that is no more.
+        await release(violation.report, triggered.record)
+        raise
     return _outcome(final, title, time.monotonic() - started, awaited)
 
 

@@ -441,8 +441,19 @@ def execution_link(workflow: str, execution_id: str) -> str:
 
 
 async def release(report: ReportRef, record: Record) -> None:
-    """Best effort: mark an in-flight record as abandoned so the next cycle resumes it at once."""
-    try:
-        await asyncio.to_thread(write_record, current().kube, report, replace(record, owner=None, updated=now_iso()))
-    except PolicyflowError as exc:
-        log.info("could not release %s/%s: %s", record.policy, record.rule, exc)
+    """Best effort: mark an in-flight record as abandoned so the next cycle resumes it at once.
+
+    Tried a few times over transient errors: a release that fails leaves the episode to wait out
+    the lease (``claim_lease``) before anyone resumes it.
+    """
+    released = replace(record, owner=None, updated=now_iso())
+    for attempt in range(4):
+        try:
+            await asyncio.to_thread(write_record, current().kube, report, released)
+            return
+        except TransientError as exc:
+            await asyncio.sleep(0.2 * 2**attempt + (exc.retry_after or 0))
+        except PolicyflowError as exc:
+            log.info("could not release %s/%s: %s", record.policy, record.rule, exc)
+            return
+    log.warning("could not release %s/%s; it resumes after the lease", record.policy, record.rule)

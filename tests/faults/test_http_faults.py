@@ -508,9 +508,6 @@ def test_a_failure_resolved_while_its_test_runs_keeps_its_outcome(
     assert after.started == len(violations) and after.duplicates == 0
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: when annotate-report gives up, the in-flight record keeps its owner, so "
-                   "the next run-once sees the chain as alive (BUSY for the 5-minute lease), prints 'nothing new', "
-                   "exits 0 and leaves the outcome unrecorded")
 def test_the_final_annotation_fails_beyond_the_retries_and_a_later_cycle_records_it(
     policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch,
     background: Callable[..., Background],
