@@ -99,7 +99,7 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     served: dict[str, Any], scenario: dict[str, Any], testkube: TestkubeStandin
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
     run = wait_until("the violation's run to complete", lambda: run_named(TITLE, "COMPLETED"),
                      timeout=120, every=0.5)
@@ -108,12 +108,19 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     (execution,) = testkube.executions
     assert execution["tags"]["PolicyViolationName"] == scenario["metadata"]["name"]
 
+    keys = [f"violation-{execution['tags']['policyflow-key']}", "policy-watch-cycle"]
+
+    def both_artifacts() -> list[Any] | None:
+        # The poll run writes its table when all its chains are done: a moment after the violation's run.
+        with get_client(sync_client=True) as client:
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)))
+        return found if {a.key for a in found} == set(keys) else None
+
+    artifacts = wait_until("both artifacts", both_artifacts, timeout=60, every=0.5)
     with get_client(sync_client=True) as client:
-        task_runs = client.read_task_runs(flow_run_filter=None)
-        names = {t.name.rsplit("-", 1)[0] for t in task_runs if t.flow_run_id == run.id}
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+        names = {t.name.rsplit("-", 1)[0] for t in task_runs}
         assert names == {"fetch-violation", "trigger-testkube", "await-result", "annotate-report"}
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=[f"violation-{execution['tags']['policyflow-key']}", "policy-watch-cycle"])))
     kinds = {a.key: a.type for a in artifacts}
     assert kinds[f"violation-{execution['tags']['policyflow-key']}"] == "markdown"
     assert kinds["policy-watch-cycle"] == "table"

@@ -57,10 +57,12 @@ def test_the_token_appears_nowhere_but_in_the_authorization_header(
 
     client = httpx.Client(base_url=api, timeout=30)
     searched = {
-        "flow runs (parameters)": client.post("/flow_runs/filter", json={"limit": 200}).json(),
-        "task runs (inputs)": client.post("/task_runs/filter", json={"limit": 200}).json(),
-        "logs": client.post("/logs/filter", json={"limit": 200}).json(),
-        "artifacts": client.post("/artifacts/filter", json={"limit": 200}).json(),
+        "flow runs (parameters)": client.post("/flow_runs/filter",
+                                              json={"limit": 200, "sort": "START_TIME_DESC"}).json(),
+        "task runs (inputs)": client.post("/task_runs/filter",
+                                          json={"limit": 200, "sort": "EXPECTED_START_TIME_DESC"}).json(),
+        "logs": client.post("/logs/filter", json={"limit": 200, "sort": "TIMESTAMP_DESC"}).json(),
+        "artifacts": client.post("/artifacts/filter", json={"limit": 200, "sort": "CREATED_DESC"}).json(),
         "events": client.post("/events/filter", json={"limit": 200}).json(),
         "deployments": client.post("/deployments/filter", json={"limit": 200}).json(),
         "variables": client.post("/variables/filter", json={"limit": 200}).json(),
