@@ -10,6 +10,7 @@ import pytest
 
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
+from tests.helpers import Policyflow
 from tests.specs import REPORT_CRDS, TESTKUBE_OPENAPI
 
 # Before anything imports Prefect: no telemetry from test servers.
@@ -70,6 +71,12 @@ def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyP
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values
+
+
+@pytest.fixture
+def policyflow(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Policyflow:
+    """The ``policyflow`` command, run in-process with ``env``, capturing what it prints."""
+    return Policyflow(capsys)
 
 
 @pytest.fixture

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
+
+import pytest
+
+from policyflow.cli import main
+from policyflow.standins.kube import KubeStandin
+from policyflow.standins.scenario import deployment, report_for
+from tests.specs import example
 
 
 def wait_until(what: str, probe: Callable[[], Any], timeout: float = 60.0, every: float = 0.05) -> Any:
@@ -17,3 +25,48 @@ def wait_until(what: str, probe: Callable[[], Any], timeout: float = 60.0, every
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class Result:
+    """What one ``policyflow`` command did."""
+
+    code: int
+    out: str
+    err: str
+    seconds: float = 0.0
+
+
+class Policyflow:
+    """Runs the ``policyflow`` command in-process and captures what it prints."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
+        self._capsys = capsys
+
+    def __call__(self, *args: str) -> Result:
+        self._capsys.readouterr()
+        started = time.monotonic()
+        code = main(list(args))
+        captured = self._capsys.readouterr()
+        return Result(code, captured.out, captured.err, time.monotonic() - started)
+
+    def take(self) -> tuple[str, str]:
+        """What was printed since the last call (e.g. by a run in a background thread)."""
+        captured = self._capsys.readouterr()
+        return captured.out, captured.err
+
+    def show(self, line: str) -> None:
+        """Print past pytest's capture, so the line is in the test output."""
+        with self._capsys.disabled():
+            print(f"\nFAULT-ROW {line}")
+
+
+def deploy(kube: KubeStandin, name: str, namespace: str = "default") -> dict[str, Any]:
+    """A Deployment, as the failing resource a report points at."""
+    kube.ensure_namespace(namespace)
+    return kube.create(deployment(name, namespace))
+
+
+def load_report(kube: KubeStandin, file: str = "policyreport-fail.yaml", *, resource: dict[str, Any]) -> dict[str, Any]:
+    """An example report from shared/specs, as Kyverno would write it for ``resource``."""
+    return kube.create(report_for(example(file), resource))

@@ -12,8 +12,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,44 +19,14 @@ import pytest
 
 from policyflow.cli import main
 from policyflow.standins.kube import KubeStandin
-from policyflow.standins.scenario import deployment, report_for
+from policyflow.standins.scenario import report_for
 from policyflow.standins.testkube import TestkubeStandin
+from tests.helpers import Policyflow, deploy, load_report
 from tests.specs import example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
 
 ANNOTATION_PREFIX = "policyflow.io/"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def policyflow(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
-    """Run the ``policyflow`` command in-process and capture what it prints."""
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return run
-
-
-def deploy(kube: KubeStandin, name: str, namespace: str = "default") -> dict[str, Any]:
-    """A Deployment, as the failing resource a report points at."""
-    kube.ensure_namespace(namespace)
-    return kube.create(deployment(name, namespace))
-
-
-def load_report(kube: KubeStandin, file: str = "policyreport-fail.yaml", *, resource: dict[str, Any]) -> dict[str, Any]:
-    """An example report from shared/specs, as Kyverno would write it for ``resource``."""
-    return kube.create(report_for(example(file), resource))
 
 
 def records_on(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -84,7 +52,7 @@ def failing(kube: KubeStandin) -> dict[str, Any]:
 
 
 def test_run_once_starts_one_execution_records_it_and_a_second_run_starts_nothing(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     first = policyflow("run-once")
     assert first.code == 0, first.err
@@ -126,7 +94,7 @@ def test_run_once_starts_one_execution_records_it_and_a_second_run_starts_nothin
 
 
 def test_the_tags_are_exactly_what_the_pipeline_sent_plus_ours(
-    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     assert policyflow("run-once").code == 0
     (post,) = posts(testkube)
@@ -157,7 +125,7 @@ def test_the_tags_are_exactly_what_the_pipeline_sent_plus_ours(
     ],
 )
 def test_each_report_group_and_scope(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, file: str, scoped: bool
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, file: str, scoped: bool
 ) -> None:
     if scoped:
         resource = deploy(kube, "nginx-no-cpu")
@@ -176,7 +144,7 @@ def test_each_report_group_and_scope(
 
 
 def test_pagination_reads_every_report(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("POLICYFLOW_PAGE_SIZE", "4")
     for i in range(11):
@@ -191,7 +159,7 @@ def test_pagination_reads_every_report(
 
 
 def test_a_failure_that_clears_and_comes_back_is_new_again(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     assert policyflow("run-once").code == 0
     passing = copy.deepcopy(current(kube, failing))
@@ -216,7 +184,7 @@ def test_a_failure_that_clears_and_comes_back_is_new_again(
 
 
 def test_kyverno_rescan_is_not_new_but_a_changed_resource_is(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert policyflow("run-once").code == 0
@@ -240,7 +208,7 @@ def test_kyverno_rescan_is_not_new_but_a_changed_resource_is(
 
 
 def test_routing_file_chooses_workflow_config_and_tags(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
     tmp_path: Path
 ) -> None:
     testkube.add_workflow("deploy-smoke")
@@ -266,7 +234,7 @@ def test_routing_file_chooses_workflow_config_and_tags(
 
 
 def test_unrouted_violation_is_reported_not_triggered(
-    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any], tmp_path: Path,
+    policyflow: Policyflow, testkube: TestkubeStandin, failing: dict[str, Any], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("POLICYFLOW_DEFAULT_WORKFLOW")
@@ -279,7 +247,7 @@ def test_unrouted_violation_is_reported_not_triggered(
 
 
 def test_a_lost_response_after_the_run_started_does_not_start_a_second(
-    policyflow: Callable[..., Result], testkube: TestkubeStandin, kube: KubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, testkube: TestkubeStandin, kube: KubeStandin, failing: dict[str, Any]
 ) -> None:
     testkube.inject(method="POST", path=r"/test-workflows/smoke-nova/executions$", status=0, after=True)
     result = policyflow("run-once")
@@ -291,7 +259,7 @@ def test_a_lost_response_after_the_run_started_does_not_start_a_second(
 
 
 def test_transient_testkube_errors_are_retried(
-    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     testkube.inject(method="POST", path=r"/executions$", status=503, times=2)
     result = policyflow("run-once")
@@ -301,7 +269,7 @@ def test_transient_testkube_errors_are_retried(
 
 
 def test_refused_token_is_permanent_and_says_so(
-    policyflow: Callable[..., Result], kube: KubeStandin, failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    policyflow: Policyflow, kube: KubeStandin, failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from policyflow.standins.testkube import TestkubeStandin
 
@@ -320,7 +288,7 @@ def test_refused_token_is_permanent_and_says_so(
 
 
 def test_cloud_paths_and_bearer_token(
-    policyflow: Callable[..., Result], failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    policyflow: Policyflow, failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from policyflow.standins.testkube import TestkubeStandin
 
@@ -337,7 +305,7 @@ def test_cloud_paths_and_bearer_token(
 
 
 def test_unknown_workflow_is_permanent(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("POLICYFLOW_DEFAULT_WORKFLOW", "no-such-workflow")
@@ -350,7 +318,7 @@ def test_unknown_workflow_is_permanent(
 
 
 def test_a_test_that_never_finishes_times_out(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any],
     monkeypatch: pytest.MonkeyPatch
 ) -> None:
     testkube.set_outcome("smoke-nova", "never")
@@ -364,7 +332,7 @@ def test_a_test_that_never_finishes_times_out(
 
 
 def test_a_failed_test_exits_1(
-    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     testkube.set_outcome("smoke-nova", "failed")
     result = policyflow("run-once")
@@ -373,7 +341,7 @@ def test_a_failed_test_exits_1(
 
 
 def test_scan_is_read_only_and_shows_what_was_done(
-    policyflow: Callable[..., Result], kube: KubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, kube: KubeStandin, failing: dict[str, Any]
 ) -> None:
     before = policyflow("scan", "--output", "json")
     assert before.code == 0, before.err
@@ -400,7 +368,7 @@ def test_a_missing_crd_is_skipped_with_one_warning(
 
 
 def test_bad_config_stops_before_any_work_with_exit_2(
-    policyflow: Callable[..., Result], kube: KubeStandin, tmp_path: Path
+    policyflow: Policyflow, kube: KubeStandin, tmp_path: Path
 ) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("routes:\n- workflow: '{resource.nme}'\n")
@@ -412,7 +380,7 @@ def test_bad_config_stops_before_any_work_with_exit_2(
 
 
 def test_dedup_holds_across_a_restart(
-    policyflow: Callable[..., Result], env: dict[str, str], testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, env: dict[str, str], testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     assert policyflow("run-once").code == 0
     from prefect.settings import PREFECT_API_URL
@@ -428,7 +396,7 @@ def test_dedup_holds_across_a_restart(
 
 
 def test_rbac_refusal_names_the_verb_and_resource(
-    policyflow: Callable[..., Result], kube: KubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, kube: KubeStandin, failing: dict[str, Any]
 ) -> None:
     kube.deny(verb="list", group="wgpolicyk8s.io", resource="policyreports")
     result = policyflow("scan")
@@ -440,7 +408,7 @@ def test_rbac_refusal_names_the_verb_and_resource(
 
 
 def test_a_refused_annotation_patch_fails_the_chain_with_the_verb_named(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     kube.deny(verb="patch", group="wgpolicyk8s.io", resource="policyreports")
     result = policyflow("run-once")
@@ -450,7 +418,7 @@ def test_a_refused_annotation_patch_fails_the_chain_with_the_verb_named(
 
 
 def test_history_lists_violation_runs_with_execution_and_outcome(
-    policyflow: Callable[..., Result], testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, testkube: TestkubeStandin, failing: dict[str, Any]
 ) -> None:
     assert policyflow("run-once").code == 0
     (execution,) = testkube.executions
@@ -462,7 +430,7 @@ def test_history_lists_violation_runs_with_execution_and_outcome(
 
 
 def test_the_testkube_concurrency_limit_is_created_on_first_use(
-    policyflow: Callable[..., Result], failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    policyflow: Policyflow, failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from prefect.client.orchestration import get_client
 
@@ -475,7 +443,7 @@ def test_the_testkube_concurrency_limit_is_created_on_first_use(
 
 
 def test_a_report_full_of_old_records_makes_room_for_the_new_one(
-    policyflow: Callable[..., Result], kube: KubeStandin, testkube: TestkubeStandin
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin
 ) -> None:
     report = report_for(example("policyreport-fail.yaml"), deploy(kube, "crowded"))
     old = {"key": "", "policy": "p", "rule": "r", "resource": "default/Deployment/x" + "x" * 150,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import threading
 import time
@@ -29,9 +28,8 @@ from policyflow.cli import main
 from policyflow.domain.model import POLICY_REPORT
 from policyflow.domain.reports import parse_report
 from policyflow.standins.kube import KubeStandin
-from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
-from tests.specs import example
+from tests.helpers import Policyflow, Result, deploy, load_report
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
 
@@ -53,63 +51,6 @@ KUBE_EVENTS = r"/api/v1/namespaces/[^/]+/events$"  # POST an Event
 # --- running the CLI -------------------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-    seconds: float = 0.0
-
-
-@pytest.fixture
-def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """POLICYFLOW_* for a user of the stand-ins, with short waits so faults cost little time."""
-    for name in list(os.environ):
-        if name.startswith("POLICYFLOW_"):
-            monkeypatch.delenv(name)
-    values = {
-        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
-        "POLICYFLOW_TESTKUBE_URL": testkube.url,
-        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
-        "POLICYFLOW_POLL_INTERVAL": "0.05",
-        "POLICYFLOW_POLL_INTERVAL_MAX": "0.2",
-        "POLICYFLOW_RETRY_DELAY": "0.05",
-        "POLICYFLOW_TESTKUBE_TIMEOUT": "2",
-    }
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-class Policyflow:
-    """Runs the ``policyflow`` command in-process and captures what it prints."""
-
-    def __init__(self, capsys: pytest.CaptureFixture[str]) -> None:
-        self._capsys = capsys
-
-    def __call__(self, *args: str) -> Result:
-        self._capsys.readouterr()
-        started = time.monotonic()
-        code = main(list(args))
-        captured = self._capsys.readouterr()
-        return Result(code, captured.out, captured.err, time.monotonic() - started)
-
-    def take(self) -> tuple[str, str]:
-        """What was printed since the last call (e.g. by a run in a background thread)."""
-        captured = self._capsys.readouterr()
-        return captured.out, captured.err
-
-    def show(self, line: str) -> None:
-        """Print past pytest's capture, so the row is in the test output."""
-        with self._capsys.disabled():
-            print(f"\nFAULT-ROW {line}")
-
-
-@pytest.fixture
-def policyflow(env: dict[str, str], capsys: pytest.CaptureFixture[str]) -> Policyflow:
-    return Policyflow(capsys)
-
-
 def converge(policyflow: Policyflow, max_cycles: int = MAX_CYCLES) -> list[Result]:
     """``run-once`` until it exits 0, at most ``max_cycles`` times; every cycle's result."""
     results = []
@@ -121,17 +62,6 @@ def converge(policyflow: Policyflow, max_cycles: int = MAX_CYCLES) -> list[Resul
 
 
 # --- the cluster -----------------------------------------------------------------------------------
-
-
-def deploy(kube: KubeStandin, name: str, namespace: str = "default") -> dict[str, Any]:
-    """A Deployment, as the failing resource a report points at."""
-    kube.ensure_namespace(namespace)
-    return kube.create(deployment(name, namespace))
-
-
-def load_report(kube: KubeStandin, file: str = "policyreport-fail.yaml", *, resource: dict[str, Any]) -> dict[str, Any]:
-    """An example report from shared/specs, as Kyverno would write it for ``resource``."""
-    return kube.create(report_for(example(file), resource))
 
 
 def records_on(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
