@@ -43,7 +43,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import yaml
@@ -53,7 +52,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from policyflow.standins.server import LoopbackServer
+from policyflow.standins.server import LoopbackServer, Standin
 
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: CRDs load 10x faster
 
@@ -852,7 +851,7 @@ class _DropConnection(Response):
             await asyncio.sleep(0)
 
 
-class KubeStandin:
+class KubeStandin(Standin):
     """A small, faithful Kubernetes API server on ``127.0.0.1`` for tests and the demo.
 
     The test side reads and writes the store directly (``create``/``get``/``replace``/``delete``/
@@ -930,14 +929,6 @@ class KubeStandin:
         self._closing = True
         self._notify()
         self._server.stop()
-
-    def __enter__(self) -> KubeStandin:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     def write_kubeconfig(self, path: Path, *, context: str = "standin", token: str | None = None) -> Path:
         """Write a kubeconfig pointing at this server; ``token=""`` writes a user without credentials."""

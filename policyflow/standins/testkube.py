@@ -39,7 +39,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from starlette.applications import Starlette
@@ -48,7 +47,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from policyflow.standins.server import LoopbackServer
+from policyflow.standins.server import LoopbackServer, Standin
 
 __all__ = [
     "ALL_STATUSES",
@@ -451,7 +450,7 @@ class _DropConnection(Response):
 # --------------------------------------------------------------------------------------------------
 
 
-class TestkubeStandin:
+class TestkubeStandin(Standin):
     """The Testkube agent API (TestWorkflow executions) on a loopback port.
 
     ``base_url`` is what policyflow is configured with: ``<url>/v1`` (OSS agent) or
@@ -539,14 +538,6 @@ class TestkubeStandin:
     def stop(self) -> None:
         """Stop serving and release the port."""
         self._server.stop()
-
-    def __enter__(self) -> TestkubeStandin:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # ---- test controls ---------------------------------------------------------------------------
 
