@@ -27,7 +27,7 @@ from prefect.tasks import exponential_backoff
 from policyflow import metrics
 from policyflow.clients.kube import ConflictError, ForbiddenError, KubeClient, KubeError
 from policyflow.clients.testkube import Execution, TestkubeClient
-from policyflow.domain.errors import NotFoundError, PermanentError, PolicyflowError, TransientError
+from policyflow.domain.errors import NotFoundError, PermanentError, PolicyflowError, TransientError, is_transient
 from policyflow.domain.events import event_for
 from policyflow.domain.ledger import (
     IN_FLIGHT,
@@ -125,7 +125,7 @@ def retry_on_transient(task: Task[Any, Any], task_run: TaskRun, state: State[Any
     exception = state.data if isinstance(state.data, BaseException) else state.result(
         raise_on_failure=False, _sync=True  # type: ignore[call-overload]
     )
-    return isinstance(exception, TransientError)
+    return is_transient(exception)
 
 
 async def _respect_retry_after(exc: TransientError) -> None:

@@ -31,10 +31,6 @@ class ChainOutcome:
     duration_s: float | None = None
     detail: str = ""
 
-    @property
-    def finished(self) -> bool:
-        return self.status not in (UNFINISHED, Status.ERROR.value, Status.PENDING.value)
-
 
 def exit_status(outcomes: Iterable[ChainOutcome]) -> int:
     """0: every chain finished and every test passed; 1: some test did not pass; 3: some chain did not finish."""
