@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from policyflow.domain.ledger import Record, Status, annotation_name  # noqa: E402
+from policyflow.domain.ledger import Record, Status, annotation_name, read_records  # noqa: E402
 from policyflow.domain.model import POLICY_REPORT  # noqa: E402
 from policyflow.domain.reports import parse_report  # noqa: E402
 from policyflow.localserver import LocalPrefectServer  # noqa: E402
@@ -99,6 +100,15 @@ def populate(kube: KubeStandin, reports: int, *, handled: bool) -> list[dict[str
         if any(r["result"] == "fail" for r in results):
             failing.append(created)
     return failing
+
+
+def recorded(kube: KubeStandin) -> Counter[str]:
+    """How many records on the stand-in's PolicyReports are in each status."""
+    statuses: Counter[str] = Counter()
+    for report in kube.objects("wgpolicyk8s.io/v1alpha2", "PolicyReport"):
+        records, _ = read_records(report["metadata"].get("annotations") or {})
+        statuses.update(record.status.value for record in records.values())
+    return statuses
 
 
 def figure_scan(kube: KubeStandin, env: dict[str, str]) -> None:
@@ -208,11 +218,10 @@ def figure_storm(storm: int, api_url: str, work: Path) -> None:
                 kube.create(report_for(TEMPLATE, kube.create(deployment(f"s-{i:04d}"))))
             deadline = started + 900
             while time.monotonic() < deadline:
-                done = sum(1 for r in kube.objects("wgpolicyk8s.io/v1alpha2", "PolicyReport")
-                           if '"status":"passed"' in json.dumps(r["metadata"].get("annotations") or {}))
+                done = recorded(kube)["passed"]
                 if done >= storm:
                     break
-                time.sleep(1)
+                time.sleep(0.5)
             elapsed = time.monotonic() - started
             print(f"  annotated {done}/{storm}; executions {len(testkube.executions)}", flush=True)
         finally:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
-from prefect import tags
+from prefect import Flow, tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import State
 from prefect.exceptions import ObjectNotFound
@@ -18,6 +18,7 @@ from prefect.flow_engine import run_flow_async
 from prefect.states import Pending
 
 from flows.handle_violation import handle_violation
+from flows.handle_violations import handle_violations
 from policyflow import metrics
 from policyflow.domain.errors import PermanentError
 from policyflow.domain.model import Violation
@@ -60,22 +61,71 @@ class ChainRequest:
         return cls(violation.key, violation.title, parameters, workflow, run_tags)
 
 
-async def run_chains(requests: list[ChainRequest], *, chain_deployment: str | None) -> list[ChainOutcome]:
-    """Run every request's chain, at most ``max_concurrent_chains`` at once; one outcome each."""
+async def run_chains(requests: list[ChainRequest], *, chain_deployment: str | None,
+                     batch_deployment: str | None = None) -> list[ChainOutcome]:
+    """Run every request's chain, at most ``max_concurrent_chains`` at once; one outcome each.
+
+    Up to ``storm_threshold`` chains, each is its own ``handle-violation`` run (a run of
+    ``chain_deployment`` when given). Beyond it, a storm: ``handle-violations`` runs of up to
+    ``batch_size`` violations each (runs of ``batch_deployment`` when given), because a flow run per
+    violation would make the Prefect API the bottleneck.
+    """
     if not requests:
         return []
     settings = current().settings
     await observe.ensure_testkube_limit(settings.testkube_concurrency)
+    if len(requests) > settings.storm_threshold:
+        return await _run_batches(requests, batch_deployment)
     deployment_id = await _deployment_id(chain_deployment)
     gate = asyncio.Semaphore(settings.max_concurrent_chains)
     return list(await asyncio.gather(*(_run_one(r, gate, deployment_id) for r in requests)))
+
+
+async def _run_batches(requests: list[ChainRequest], batch_deployment: str | None) -> list[ChainOutcome]:
+    settings = current().settings
+    # One rule's storm stays together (the run is named after it); batches of batch_size.
+    ordered = sorted(requests, key=lambda r: (r.parameters["policy"], r.parameters["rule"], r.title))
+    batches = [ordered[i:i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
+    log.info("storm: %d new chains in %d handle-violations runs of up to %d", len(requests), len(batches),
+             settings.batch_size)
+    deployment_id = await _deployment_id(batch_deployment)
+    # Each batch runs its items max_concurrent_chains at once; two batches overlap so one batch's
+    # waiting (await-results) hides behind the next one's starting.
+    gate = asyncio.Semaphore(2)
+    results = await asyncio.gather(*(_run_batch(batch, gate, deployment_id) for batch in batches))
+    return [outcome for outcomes in results for outcome in outcomes]
+
+
+async def _run_batch(batch: list[ChainRequest], gate: asyncio.Semaphore,
+                     deployment_id: UUID | None) -> list[ChainOutcome]:
+    parameters: dict[str, Any] = {"violations": [r.parameters for r in batch]}
+    tags_ = [*sorted({t for r in batch for t in r.tags if t.startswith("policy:")}), "storm"]
+    async with gate:
+        try:
+            if deployment_id is not None:
+                state = await run_as_deployment_run(deployment_id, parameters, flow=handle_violations,
+                                                    tags=tags_)
+            else:
+                with tags(*tags_):
+                    state = await handle_violations(**parameters, return_state=True)
+        except Exception as exc:  # the Prefect API itself failed: not these chains' fault
+            log.warning("a batch of %d chains could not run: %s; the next cycle resumes them", len(batch), exc)
+            detail = f"Prefect API: {type(exc).__name__}"
+            return [ChainOutcome(r.key, r.title, r.workflow, None, UNFINISHED, detail=detail) for r in batch]
+    result = state.result(raise_on_failure=False)
+    if inspect.isawaitable(result):
+        result = await result
+    if isinstance(result, list):
+        return [o for o in result if isinstance(o, ChainOutcome)]
+    return [ChainOutcome(r.key, r.title, r.workflow, None, UNFINISHED, detail=str(result)) for r in batch]
 
 
 async def _run_one(request: ChainRequest, gate: asyncio.Semaphore, deployment_id: UUID | None) -> ChainOutcome:
     async with gate:
         try:
             if deployment_id is not None:
-                state = await run_as_deployment_run(deployment_id, request)
+                state = await run_as_deployment_run(deployment_id, request.parameters, flow=handle_violation,
+                                                    name=request.title, tags=request.tags)
             else:
                 with tags(*request.tags):
                     state = await handle_violation(**request.parameters, return_state=True)
@@ -94,8 +144,9 @@ async def _run_one(request: ChainRequest, gate: asyncio.Semaphore, deployment_id
     return ChainOutcome(request.key, request.title, request.workflow, None, status, detail=str(result))
 
 
-async def run_as_deployment_run(deployment_id: UUID, request: ChainRequest) -> State[Any]:
-    """Run ``handle-violation`` in this process as a run *of its deployment*.
+async def run_as_deployment_run(deployment_id: UUID, parameters: dict[str, Any], *, flow: Flow[Any, Any],
+                                name: str | None = None, tags: list[str] | None = None) -> State[Any]:
+    """Run ``flow`` in this process as a run *of its deployment*.
 
     Why a deployment run: Prefect's Retry button (and ``prefect flow-run retry``) exists only for
     runs that belong to a deployment. Why in this process: a storm of a thousand new violations
@@ -104,10 +155,9 @@ async def run_as_deployment_run(deployment_id: UUID, request: ChainRequest) -> S
     """
     async with get_client() as client:
         flow_run = await client.create_flow_run_from_deployment(
-            deployment_id, parameters=request.parameters, state=Pending(), name=request.title, tags=request.tags
+            deployment_id, parameters=parameters, state=Pending(), name=name, tags=tags
         )
-    state = await run_flow_async(handle_violation, flow_run=flow_run, parameters=request.parameters,
-                                 return_type="state")
+    state = await run_flow_async(flow, flow_run=flow_run, parameters=parameters, return_type="state")
     assert isinstance(state, State)
     return state
 

@@ -29,11 +29,13 @@ class CycleSummary:
 
 
 @flow(name="policy-watch", log_prints=False)
-async def policy_watch(chain_deployment: str | None = None) -> CycleSummary:
+async def policy_watch(chain_deployment: str | None = None, batch_deployment: str | None = None) -> CycleSummary:
     """One cycle: detect new failures, run the chain for each (bounded concurrency), report outcomes.
 
     ``chain_deployment`` (e.g. ``handle-violation/handle-violation``) makes each violation's run a
     run of that deployment, so it can be retried from the UI; without it they are subflows.
+    ``batch_deployment`` (``handle-violations/handle-violations``) does the same for the batches a
+    storm (more than ``storm_threshold`` new chains) runs in.
     """
     started = time.monotonic()
     scan = await detect_violations()
@@ -56,7 +58,8 @@ async def policy_watch(chain_deployment: str | None = None) -> CycleSummary:
     if chains:
         requests = [ChainRequest.for_violation(f.violation, f.routed.workflow if f.routed else None)
                     for f in chains]
-        summary.outcomes.extend(await run_chains(requests, chain_deployment=chain_deployment))
+        summary.outcomes.extend(await run_chains(requests, chain_deployment=chain_deployment,
+                                                   batch_deployment=batch_deployment))
     summary.counters.update({f"outcome_{k}": v for k, v in count_statuses(summary.outcomes).items()})
     await observe.cycle_artifact(summary.outcomes, summary.counters)
     log.info("cycle: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.counters.items())))

@@ -23,7 +23,9 @@ from policyflow import metrics
 from policyflow.clients.kube import KubeClient, WatchExpired
 from policyflow.domain.errors import PolicyflowError
 from policyflow.domain.model import REPORT_KINDS, ReportKind
+from policyflow.domain.routing import RoutedTest
 from policyflow.scanning import scan_report
+from tasks.chain import Target, start_at_once
 from tasks.runtime import current
 
 log = logging.getLogger("policyflow.watch")
@@ -59,7 +61,7 @@ class _Follower(threading.Thread):
 
 
 async def watch(*, resync_seconds: float = 600.0, chain_deployment: str | None = None,
-                max_cycles: int | None = None) -> None:
+                batch_deployment: str | None = None, max_cycles: int | None = None) -> None:
     """Watch until interrupted (or, for tests, until ``max_cycles`` resyncs have started)."""
     runtime = current()
     kube, settings = runtime.kube, runtime.settings
@@ -72,7 +74,7 @@ async def watch(*, resync_seconds: float = 600.0, chain_deployment: str | None =
         # Where each watch starts: before the full cycle, so nothing changes unseen in between.
         versions = {k: await asyncio.to_thread(kube.list_version, k, label_selector=settings.report_selector)
                     for k in kinds}
-        await policy_watch(chain_deployment=chain_deployment)
+        await policy_watch(chain_deployment=chain_deployment, batch_deployment=batch_deployment)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         expired = threading.Event()
         followers = [_Follower(kube, k, versions[k], settings.report_selector, loop, queue, expired) for k in kinds]
@@ -88,9 +90,12 @@ async def watch(*, resync_seconds: float = 600.0, chain_deployment: str | None =
 
 async def _react(queue: asyncio.Queue[Event], expired: threading.Event, *, deadline: float,
                  chain_deployment: str | None) -> None:
-    """Run the chains of new failures as their reports change, until a resync is due."""
+    """Start the tests of new failures as their reports change, then run their chains, until a
+    resync is due."""
     runtime = current()
     running: dict[str, asyncio.Task[Any]] = {}
+    # Immediate starts are bounded in this process (see observe.bounded_here).
+    gate = asyncio.Semaphore(runtime.settings.testkube_concurrency)
     while time.monotonic() < deadline and not expired.is_set():
         try:
             first = await asyncio.wait_for(queue.get(), timeout=0.5)
@@ -101,20 +106,26 @@ async def _react(queue: asyncio.Queue[Event], expired: threading.Event, *, deadl
         while not queue.empty():
             event = queue.get_nowait()
             batch[(event[1]["metadata"].get("namespace"), event[1]["metadata"]["name"])] = event
-        requests = []
         now = datetime.now(UTC)
         for kind, obj in batch.values():
             scan = scan_report(runtime.kube, runtime.settings, runtime.routing, kind, obj, now=now,
                                lease_seconds=runtime.settings.claim_lease)
             for finding in scan.findings:
                 key = finding.violation.key
-                if finding.needs_chain and (key not in running or running[key].done()):
+                if finding.needs_chain and finding.routed and (key not in running or running[key].done()):
                     metrics.VIOLATIONS_DETECTED.inc()
-                    requests.append(ChainRequest.for_violation(finding.violation, finding.routed.workflow
-                                                               if finding.routed else None))
-        for request in requests:
-            running[request.key] = asyncio.create_task(run_chains([request], chain_deployment=chain_deployment))
+                    request = ChainRequest.for_violation(finding.violation, finding.routed.workflow)
+                    running[key] = asyncio.create_task(
+                        _start_and_run(request, finding.routed, gate, chain_deployment=chain_deployment))
         for key in [k for k, task in running.items() if task.done()]:
             running.pop(key)
     if running:
         await asyncio.gather(*running.values(), return_exceptions=True)
+
+
+async def _start_and_run(request: ChainRequest, routed: RoutedTest, gate: asyncio.Semaphore, *,
+                         chain_deployment: str | None) -> None:
+    """Start the test now (Prefect's bookkeeping costs more than the one-second goal), then run the
+    chain as a Prefect run, which finds the started test and records its outcome."""
+    await start_at_once(Target.of(**request.parameters), routed, gate)
+    await run_chains([request], chain_deployment=chain_deployment)

@@ -65,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="seconds between full detection cycles (default 600; also at start and after 410 Gone)")
     watch.add_argument("--chain-deployment", default=None,
                        help="run violation chains as runs of this deployment (e.g. handle-violation/handle-violation)")
+    watch.add_argument("--batch-deployment", default=None,
+                       help="run storm batches as runs of this deployment (e.g. handle-violations/handle-violations)")
     commands.add_parser(
         "retry-failed", parents=[common],
         help="run again the chains whose last run failed (what the retry-failed-triggers deployment does)",
@@ -220,7 +222,8 @@ def _watch(args: argparse.Namespace) -> int:
     _prepare_flows(args)
     from flows.watching import watch
 
-    asyncio.run(watch(resync_seconds=args.resync, chain_deployment=args.chain_deployment))
+    asyncio.run(watch(resync_seconds=args.resync, chain_deployment=args.chain_deployment,
+                      batch_deployment=args.batch_deployment))
     return 0
 
 

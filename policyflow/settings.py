@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     retries: int = Field(4, ge=0, le=20, description="Retries of a step after a transient error")
     retry_delay: float = Field(2.0, ge=0, description="First retry delay in seconds (doubles, with jitter)")
     max_concurrent_chains: int = Field(16, ge=1, le=1000, description="Chains run at once in one cycle")
+    storm_threshold: int = Field(
+        50, ge=0, le=1_000_000,
+        description="A cycle with more new chains than this runs them in handle-violations batches (0: always)",
+    )
+    batch_size: int = Field(100, ge=1, le=1000, description="Violations per handle-violations run in a storm")
     claim_lease: float = Field(
         300.0, gt=0, description="Seconds an unfinished chain's record is left to its owner before others resume it"
     )

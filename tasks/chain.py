@@ -42,12 +42,13 @@ from policyflow.domain.ledger import (
     read_records,
     record_age,
 )
-from policyflow.domain.model import ReportRef, Violation
+from policyflow.domain.model import ReportRef, Violation, report_kind_named
+from policyflow.domain.outcome import BUSY, UNFINISHED, UNROUTED, ChainOutcome
 from policyflow.domain.reports import parse_report
 from policyflow.domain.routing import RoutedTest
 from policyflow.domain.testrun import execution_request, execution_tags, execution_url
 from tasks import observe
-from tasks.observe import testkube_slot
+from tasks.observe import holding_testkube_slots
 from tasks.runtime import current
 
 log = logging.getLogger("policyflow.chain")
@@ -81,6 +82,17 @@ class Target:
     #: A retry (by hand, from the UI, or by retry-failed-triggers): run again what failed, i.e.
     #: resume an episode recorded as ``error``, or one whose run exists but whose chain looks alive.
     retry: bool = False
+
+    @classmethod
+    def of(cls, *, report_name: str, policy: str, rule: str, report_namespace: str | None = None,
+           report_kind: str = "PolicyReport", resource_name: str | None = None, resource_uid: str | None = None,
+           force_new_episode: bool = False, retry: bool = False, **_: Any) -> Target:
+        """The target named by a ``handle-violation`` run's parameters (resource kind/namespace only
+        name the run; the report and resource uid/name choose the failure)."""
+        kind = report_kind_named(report_kind)
+        report = ReportRef(kind=kind, name=report_name, namespace=report_namespace if kind.namespaced else None)
+        return cls(report=report, policy=policy, rule=rule, resource_uid=resource_uid, resource_name=resource_name,
+                   force_new_episode=force_new_episode, retry=retry)
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,7 +338,7 @@ async def trigger_testkube(fetched: Fetched, routed: RoutedTest) -> Triggered:
                 detected=previous.detected if same_episode and previous else now_iso(), owner=OWNER,
             )
             await asyncio.to_thread(_claim, kube, violation, claim, fetched.report_version, previous)
-            async with testkube_slot():
+            async with holding_testkube_slots():
                 started = await _start_once(testkube, violation, routed,
                                             episode_id(violation.report_uid, episode))
     except TransientError as exc:
@@ -404,9 +416,9 @@ async def await_result(report: ReportRef, triggered: Triggered) -> Awaited:
 # --- annotate-report -------------------------------------------------------------------------------
 
 
-@task(name="annotate-report", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
-async def annotate_report(report: ReportRef, record: Record, violation: Violation | None) -> Record:
-    """Write the final record onto the report, and an Event onto the failing resource (when known)."""
+async def record_outcome(report: ReportRef, record: Record, violation: Violation | None) -> tuple[Record, str | None]:
+    """Write the final record onto the report and an Event onto the failing resource (when known);
+    emit ``policyflow.test.finished``. Answers the record written and the execution's link."""
     runtime = current()
     final = replace(record, updated=now_iso(), owner=None,
                     finished=now_iso() if record.status not in IN_FLIGHT else None)
@@ -423,7 +435,14 @@ async def annotate_report(report: ReportRef, record: Record, violation: Violatio
             metrics.DETECTION_TO_RESULT.observe(age)
     url = execution_link(final.workflow or "", final.execution) if final.execution else None
     observe.emit_test_event(observe.EVENT_FINISHED, final,
-                       namespace=violation.resource.namespace if violation else report.namespace, url=url)
+                            namespace=violation.resource.namespace if violation else report.namespace, url=url)
+    return final, url
+
+
+@task(name="annotate-report", cache_policy=NO_CACHE, retry_condition_fn=retry_on_transient)
+async def annotate_report(report: ReportRef, record: Record, violation: Violation | None) -> Record:
+    """Write the final record onto the report, and an Event onto the failing resource (when known)."""
+    final, url = await record_outcome(report, record, violation)
     if violation is not None and final.execution:
         await observe.violation_artifact(violation, final, url=url)
     return final
@@ -457,3 +476,120 @@ async def release(report: ReportRef, record: Record) -> None:
             log.info("could not release %s/%s: %s", record.policy, record.rule, exc)
             return
     log.warning("could not release %s/%s; it resumes after the lease", record.policy, record.rule)
+
+
+# --- between the steps: what a chain does next, and how it gives up cleanly ------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NextStep:
+    """What a chain does after fetch-violation; exactly one field is set."""
+
+    #: Nothing more to do (handled, busy elsewhere, unrouted, or gone without a record).
+    outcome: ChainOutcome | None = None
+    #: Start the routed test (or find the one a previous attempt started).
+    routed: RoutedTest | None = None
+    #: The failure is gone but its test is running: await it and record its outcome.
+    resume: Triggered | None = None
+    #: The failure is gone: record it resolved.
+    resolve: Record | None = None
+
+
+def next_step(fetched: Fetched) -> NextStep:
+    """Decide from what fetch-violation found; shared by the one-violation and the batch flows."""
+    violation, planned, record = fetched.violation, fetched.planned, fetched.record
+    if violation is None:
+        target = fetched.target
+        title = f"{target.policy}/{target.rule} {target.report}"
+        log.info("%s: %s; no test", title, fetched.gone_reason)
+        if record is None:
+            return NextStep(outcome=ChainOutcome("", title, None, None, Status.RESOLVED.value,
+                                                 detail=fetched.gone_reason))
+        if record.status in IN_FLIGHT and record.execution:
+            # Let a started test finish and record its outcome (policyflow does not abort it).
+            execution = Execution(id=record.execution, name=record.execution_name or record.execution,
+                                  workflow=record.workflow or "", status="running", tags={})
+            return NextStep(resume=Triggered(record=record, execution=execution, reused=True))
+        if record.status is not Status.RESOLVED:
+            return NextStep(resolve=replace(record, status=Status.RESOLVED))
+        return NextStep(outcome=ChainOutcome(record.key, title, record.workflow, record.execution_name,
+                                             Status.RESOLVED.value, detail=fetched.gone_reason))
+    assert planned is not None
+    if planned.action in (Action.BUSY, Action.HANDLED):
+        status, detail = (BUSY, "another policyflow process is running its chain") if planned.action is Action.BUSY \
+            else (record.status.value if record else planned.action.value, planned.reason)
+        return NextStep(outcome=ChainOutcome(violation.key, violation.title, record.workflow if record else None,
+                                             record.execution_name if record else None, status, detail=detail))
+    routed = current().routing.route(violation, fetched.labels)
+    if routed is None:
+        log.info("%s: no route (add one to the config file, or set POLICYFLOW_DEFAULT_WORKFLOW)", violation.title)
+        return NextStep(outcome=ChainOutcome(violation.key, violation.title, None, None, UNROUTED,
+                                             detail="no route"))
+    return NextStep(routed=routed)
+
+
+async def after_trigger_failed(fetched: Fetched, routed: RoutedTest, exc: BaseException) -> ChainOutcome:
+    """Leave the ledger right after trigger-testkube gave up: a lost claim is another process's
+    episode; a permanent error is recorded (retry-failed and the UI's Retry pick it up); a transient
+    one gives the claim back so the next cycle tries again at once."""
+    violation, planned = fetched.violation, fetched.planned
+    assert violation is not None and planned is not None
+    if isinstance(exc, ClaimLost):
+        return ChainOutcome(violation.key, violation.title, routed.workflow, None, BUSY, detail=str(exc))
+    record = Record(
+        key=violation.key, policy=violation.policy, rule=violation.rule, resource=str(violation.resource),
+        status=Status.ERROR if isinstance(exc, PermanentError) else Status.PENDING, episode=planned.episode,
+        report_uid=violation.report_uid, updated=now_iso(), workflow=routed.workflow,
+        generation=fetched.generation, detected=now_iso(),
+        error=str(exc)[:500] if isinstance(exc, PermanentError) else None,
+    )
+    if isinstance(exc, PermanentError):
+        try:
+            await record_outcome(violation.report, record, violation)
+        except Exception as annotate_exc:  # the original error matters more; say why the record is missing
+            log.warning("%s: could not record the error: %s", violation.title, annotate_exc)
+        status = Status.ERROR.value
+    else:
+        await release(violation.report, record)
+        status = UNFINISHED
+    return ChainOutcome(violation.key, violation.title, routed.workflow, None, status, detail=str(exc))
+
+
+def failed_outcome(key: str, title: str, workflow: str | None, exc: BaseException) -> ChainOutcome:
+    """A chain that could not finish: recorded as ``error`` when permanent, else the next cycle resumes it."""
+    status = Status.ERROR.value if isinstance(exc, PermanentError) else UNFINISHED
+    return ChainOutcome(key, title, workflow, None, status, detail=str(exc) or type(exc).__name__)
+
+
+def result_record(triggered: Triggered, awaited: Awaited) -> Record:
+    """The record of a finished wait: the test's status and execution."""
+    return replace(triggered.record, status=awaited.status, execution=awaited.execution.id,
+                   execution_name=awaited.execution.name, error=None)
+
+
+def final_outcome(record: Record, title: str, seconds: float, awaited: Awaited | None = None) -> ChainOutcome:
+    """The outcome row of a chain that ran to the end (the test's own duration when Testkube knows it)."""
+    duration = seconds
+    if awaited is not None and awaited.execution.duration_ms is not None:
+        duration = awaited.execution.duration_ms / 1000
+    return ChainOutcome(record.key, title, record.workflow, record.execution_name or record.execution,
+                        record.status.value, duration_s=round(duration, 1))
+
+
+async def start_at_once(target: Target, routed: RoutedTest, gate: asyncio.Semaphore) -> Triggered | None:
+    """fetch-violation and trigger-testkube right now, outside Prefect: the watch's sub-second start.
+
+    Best effort: the chain's Prefect run follows and resumes from the record this writes (same owner,
+    same episode, the execution found by its id or tags), so whatever this could not do, the run does,
+    with its retries. None when nothing was started (already handled, claimed elsewhere, an error).
+    """
+    try:
+        fetched = await fetch_violation.fn(target)
+        if fetched.violation is None or fetched.planned is None or \
+                fetched.planned.action not in (Action.NEW, Action.RESUME):
+            return None
+        async with observe.bounded_here(gate):
+            return await trigger_testkube.fn(fetched, routed)
+    except PolicyflowError as exc:
+        log.info("%s/%s: not started at once (%s); its run will", target.policy, target.rule, exc)
+        return None

@@ -3,9 +3,11 @@ the global concurrency limit that keeps a storm of violations from flooding Test
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
@@ -105,8 +107,33 @@ async def ensure_testkube_limit(limit: int) -> None:
             )
 
 
+#: Set while a batch holds slots for all of its triggers (each would otherwise take one of its own).
+_slots_held: ContextVar[bool] = ContextVar("policyflow_testkube_slots_held", default=False)
+
+
 @asynccontextmanager
-async def testkube_slot() -> AsyncIterator[None]:
-    """Hold one slot of the Testkube limit (a no-op when the limit does not exist)."""
-    async with concurrency(TESTKUBE_LIMIT, occupy=1, strict=False):
+async def holding_testkube_slots(occupy: int = 1) -> AsyncIterator[None]:
+    """Hold ``occupy`` slots of the Testkube limit (a no-op when the limit does not exist, or when
+    the caller's batch already holds slots for this work)."""
+    if _slots_held.get():
         yield
+        return
+    async with concurrency(TESTKUBE_LIMIT, occupy=occupy, strict=False):
+        token = _slots_held.set(True)
+        try:
+            yield
+        finally:
+            _slots_held.reset(token)
+
+
+@asynccontextmanager
+async def bounded_here(gate: asyncio.Semaphore) -> AsyncIterator[None]:
+    """Bound Testkube starts by ``gate`` (this process) instead of the global limit: for the watch's
+    immediate starts, which must not wait on a Prefect API call (one 503 from a busy server costs
+    Prefect's client a 2 s backoff, twice the latency goal)."""
+    async with gate:
+        token = _slots_held.set(True)
+        try:
+            yield
+        finally:
+            _slots_held.reset(token)

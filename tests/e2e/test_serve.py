@@ -72,7 +72,7 @@ def run_named(title: str, state: str, *, run_count: int = 1) -> Any:
 
 @pytest.fixture
 def served(env: dict[str, str], tmp_path: Path, on_server: str) -> Iterator[dict[str, Any]]:
-    """``policyflow serve`` in a subprocess: the three deployments and the metrics endpoint."""
+    """``policyflow serve`` in a subprocess: the four deployments and the metrics endpoint."""
     metrics_port = free_port()
     child_env = {**os.environ, **env, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                  "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
@@ -213,7 +213,7 @@ def test_prefect_deploy_all_with_the_projects_prefect_yaml(on_server: str) -> No
 
     with get_client(sync_client=True) as client:
         for name in ("policy-watch/policy-watch", "handle-violation/handle-violation",
-                     "retry-failed-triggers/retry-failed-triggers"):
+                     "handle-violations/handle-violations", "retry-failed-triggers/retry-failed-triggers"):
             found = client.read_deployment_by_name(name)
             assert found.work_pool_name == "policyflow"
         watch = client.read_deployment_by_name("policy-watch/policy-watch")
