@@ -166,6 +166,73 @@ def figure_quiet(env: dict[str, str], api_url: str) -> None:
           f"{result['new_runs']} (1 = the poll run itself); chains run: {result['outcomes']}", flush=True)
 
 
+OVERHEAD = """
+import asyncio, json, os, sys, time
+from policyflow import settings as sm
+from tasks import runtime
+from policyflow.standins.kube import KubeStandin
+from policyflow.standins.scenario import deployment, report_for
+sys.path.insert(0, "bench")
+from run import DATA, TEMPLATE
+n = int(sys.argv[1])
+kube = KubeStandin(sorted((DATA / "crds").glob("*.yaml"))).start()
+os.environ["POLICYFLOW_KUBECONFIG"] = str(kube.write_kubeconfig(__import__("pathlib").Path(sys.argv[2])))
+s, r = sm.load(); runtime.install(runtime.build(s, r))
+from flows.policy_watch import policy_watch
+from tasks.chain import Target, await_result, fetch_violation, next_step, record_outcome, result_record
+from tasks.chain import trigger_testkube
+
+def storm(prefix):
+    return [kube.create(report_for(TEMPLATE, kube.create(deployment(f"{prefix}-{i:03d}")))) for i in range(n)]
+
+async def bare(reports):
+    # The same four steps for every violation, no Prefect at all.
+    async def chain(report):
+        target = Target.of(report_name=report["metadata"]["name"], report_namespace="default",
+                           policy="require-resources", rule="require-resources-in-deployment")
+        fetched = await fetch_violation.fn(target)
+        triggered = await trigger_testkube.fn(fetched, next_step(fetched).routed)
+        awaited = await await_result.fn(target.report, triggered)
+        await record_outcome(target.report, result_record(triggered, awaited), fetched.violation)
+    gate = asyncio.Semaphore(s.max_concurrent_chains)
+    async def bounded(report):
+        async with gate:
+            await chain(report)
+    await asyncio.gather(*(bounded(x) for x in reports))
+
+asyncio.run(policy_watch())  # warm-up: imports, the first flow run, the concurrency limit
+out = {}
+reports = storm("bare"); t = time.monotonic(); asyncio.run(bare(reports)); out["bare"] = time.monotonic() - t
+for name, threshold in (("per_violation", 1_000_000), ("batched", 0)):
+    runtime.current().settings = s.model_copy(update={"storm_threshold": threshold})
+    storm(name[:5])
+    t = time.monotonic(); summary = asyncio.run(policy_watch()); out[name] = time.monotonic() - t
+    out[name + "_outcomes"] = len(summary.outcomes)
+kube.stop()
+print(json.dumps(out))
+"""
+
+
+def figure_overhead(count: int, api_url: str, work: Path) -> None:
+    print(f"3a. orchestration cost per violation: {count} new failures, one poll cycle, same process", flush=True)
+    with TestkubeStandin(workflows=["smoke-nova"], queued_polls=0, running_polls=0) as testkube:
+        env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "POLICYFLOW_TESTKUBE_URL": testkube.url, "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
+               "POLICYFLOW_POLL_INTERVAL": "0.2", "POLICYFLOW_MAX_CONCURRENT_CHAINS": "16",
+               "PREFECT_LOGGING_LEVEL": "WARNING"}
+        done = subprocess.run([PY, "-c", OVERHEAD, str(count), str(work / "overhead-kubeconfig")], env=env,
+                              capture_output=True, text=True, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        print(done.stderr[-3000:])
+        return
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    bare = result["bare"]
+    row("one flow run + 4 task runs per violation", result["per_violation"], bare, "s",
+        f"(cost per violation {(result['per_violation'] - bare) / count:.2f} s)")
+    row("handle-violations batches", result["batched"], bare, "s",
+        f"(cost per violation {(result['batched'] - bare) / count:.3f} s)")
+
+
 async def baseline_storm(kube_url: str, token: str, testkube_url: str, reports: list[dict[str, Any]]) -> float:
     """The HTTP calls of every chain, made by a plain asyncio/httpx script, 50 at a time."""
     gate = asyncio.Semaphore(50)
@@ -253,21 +320,29 @@ def figure_latency(count: int, api_url: str, work: Path) -> None:
             deadline = time.monotonic() + 120
             while len(testkube.executions) < count and time.monotonic() < deadline:
                 time.sleep(0.5)
+            latencies = sorted(
+                datetime.fromisoformat(e["scheduledAt"].replace("Z", "+00:00")).timestamp()
+                - created[e["tags"]["PolicyViolationName"]]
+                for e in testkube.executions
+            )
+            deadline = time.monotonic() + 120
+            while recorded(kube)["passed"] < count and time.monotonic() < deadline:
+                time.sleep(0.5)
+            outcomes = recorded(kube)
         finally:
             watcher.terminate()
-            watcher.wait(timeout=60)
+            try:
+                watcher.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                print("  (watch did not stop within 30 s of SIGTERM; killed)", flush=True)
+                watcher.kill()
             log.close()
-        latencies = sorted(
-            datetime.fromisoformat(e["scheduledAt"].replace("Z", "+00:00")).timestamp()
-            - created[e["tags"]["PolicyViolationName"]]
-            for e in testkube.executions
-        )
     if not latencies:
         print("  no executions")
         return
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    print(f"  handled {len(latencies)}/{count}", flush=True)
+    print(f"  started {len(latencies)}/{count}; outcomes recorded: {dict(outcomes)}", flush=True)
     row("p50 report failing -> Testkube POST", p50, 30.0, "s", "(baseline: polling every 60 s waits 30 s on average)")
     row("p99 report failing -> Testkube POST", p99, 60.0, "s", "p99 < 1 s")
 
@@ -277,7 +352,8 @@ def main() -> None:
     parser.add_argument("--reports", type=int, default=10000)
     parser.add_argument("--storm", type=int, default=1000)
     parser.add_argument("--latency", type=int, default=200)
-    parser.add_argument("--only", default="scan,quiet,storm,latency")
+    parser.add_argument("--overhead", type=int, default=40)
+    parser.add_argument("--only", default="scan,quiet,overhead,storm,latency")
     args = parser.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="policyflow-bench-"))
@@ -298,6 +374,8 @@ def main() -> None:
                     figure_scan(kube, env)
                 if "quiet" in only:
                     figure_quiet(env, server.api_url)
+        if "overhead" in only:
+            figure_overhead(args.overhead, server.api_url, work)
         if "storm" in only:
             figure_storm(args.storm, server.api_url, work)
         if "latency" in only:

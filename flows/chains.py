@@ -12,7 +12,14 @@ from uuid import UUID
 
 from prefect import Flow, tags
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import State
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+)
+from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
 from prefect.states import Pending
@@ -22,11 +29,14 @@ from flows.handle_violations import handle_violations
 from policyflow import metrics
 from policyflow.domain.errors import PermanentError
 from policyflow.domain.model import Violation
-from policyflow.domain.outcome import UNFINISHED, ChainOutcome
+from policyflow.domain.outcome import SUBMITTED, UNFINISHED, ChainOutcome
 from tasks import observe
 from tasks.runtime import current
 
 log = logging.getLogger("policyflow.flows")
+
+#: The detail of an outcome whose chain never ran because the Prefect API failed.
+PREFECT_API_FAILED = "Prefect API"
 
 
 @dataclass(frozen=True)
@@ -62,30 +72,42 @@ class ChainRequest:
 
 
 async def run_chains(requests: list[ChainRequest], *, chain_deployment: str | None,
-                     batch_deployment: str | None = None) -> list[ChainOutcome]:
+                     batch_deployment: str | None = None, storm_threshold: int | None = None) -> list[ChainOutcome]:
     """Run every request's chain, at most ``max_concurrent_chains`` at once; one outcome each.
 
     Up to ``storm_threshold`` chains, each is its own ``handle-violation`` run (a run of
     ``chain_deployment`` when given). Beyond it, a storm: ``handle-violations`` runs of up to
     ``batch_size`` violations each (runs of ``batch_deployment`` when given), because a flow run per
-    violation would make the Prefect API the bottleneck.
+    violation would make the Prefect API the bottleneck. ``storm_threshold`` overrides the setting.
     """
     if not requests:
         return []
     settings = current().settings
     await observe.ensure_testkube_limit(settings.testkube_concurrency)
-    if len(requests) > settings.storm_threshold:
+    storm = len(requests) > (settings.storm_threshold if storm_threshold is None else storm_threshold)
+    if settings.chain_dispatch == "submit":
+        return await submit(requests, batch_deployment if storm else chain_deployment, batched=storm)
+    if storm:
         return await _run_batches(requests, batch_deployment)
     deployment_id = await _deployment_id(chain_deployment)
     gate = asyncio.Semaphore(settings.max_concurrent_chains)
     return list(await asyncio.gather(*(_run_one(r, gate, deployment_id) for r in requests)))
 
 
+def _batches(requests: list[ChainRequest]) -> list[list[ChainRequest]]:
+    """One rule's storm stays together (the run is named after it); batches of ``batch_size``."""
+    size = current().settings.batch_size
+    ordered = sorted(requests, key=lambda r: (r.parameters["policy"], r.parameters["rule"], r.title))
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def _batch_tags(batch: list[ChainRequest]) -> list[str]:
+    return [*sorted({t for r in batch for t in r.tags if t.startswith("policy:")}), "storm"]
+
+
 async def _run_batches(requests: list[ChainRequest], batch_deployment: str | None) -> list[ChainOutcome]:
     settings = current().settings
-    # One rule's storm stays together (the run is named after it); batches of batch_size.
-    ordered = sorted(requests, key=lambda r: (r.parameters["policy"], r.parameters["rule"], r.title))
-    batches = [ordered[i:i + settings.batch_size] for i in range(0, len(ordered), settings.batch_size)]
+    batches = _batches(requests)
     log.info("storm: %d new chains in %d handle-violations runs of up to %d", len(requests), len(batches),
              settings.batch_size)
     deployment_id = await _deployment_id(batch_deployment)
@@ -99,7 +121,7 @@ async def _run_batches(requests: list[ChainRequest], batch_deployment: str | Non
 async def _run_batch(batch: list[ChainRequest], gate: asyncio.Semaphore,
                      deployment_id: UUID | None) -> list[ChainOutcome]:
     parameters: dict[str, Any] = {"violations": [r.parameters for r in batch]}
-    tags_ = [*sorted({t for r in batch for t in r.tags if t.startswith("policy:")}), "storm"]
+    tags_ = _batch_tags(batch)
     async with gate:
         try:
             if deployment_id is not None:
@@ -110,7 +132,7 @@ async def _run_batch(batch: list[ChainRequest], gate: asyncio.Semaphore,
                     state = await handle_violations(**parameters, return_state=True)
         except Exception as exc:  # the Prefect API itself failed: not these chains' fault
             log.warning("a batch of %d chains could not run: %s; the next cycle resumes them", len(batch), exc)
-            detail = f"Prefect API: {type(exc).__name__}"
+            detail = f"{PREFECT_API_FAILED}: {type(exc).__name__}"
             return [ChainOutcome(r.key, r.title, r.workflow, None, UNFINISHED, detail=detail) for r in batch]
     result = state.result(raise_on_failure=False)
     if inspect.isawaitable(result):
@@ -133,7 +155,7 @@ async def _run_one(request: ChainRequest, gate: asyncio.Semaphore, deployment_id
             log.warning("%s: could not run its chain: %s; the next cycle resumes it", request.title, exc)
             metrics.TRIGGERS_FAILED.labels(kind=type(exc).__name__).inc()
             return ChainOutcome(request.key, request.title, request.workflow, None, UNFINISHED,
-                                detail=f"Prefect API: {type(exc).__name__}")
+                                detail=f"{PREFECT_API_FAILED}: {type(exc).__name__}")
     result = state.result(raise_on_failure=False)
     if inspect.isawaitable(result):
         result = await result
@@ -160,6 +182,50 @@ async def run_as_deployment_run(deployment_id: UUID, parameters: dict[str, Any],
     state = await run_flow_async(flow, flow_run=flow_run, parameters=parameters, return_type="state")
     assert isinstance(state, State)
     return state
+
+
+def _identity(parameters: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(parameters.get(k) for k in ("report_kind", "report_namespace", "report_name", "policy", "rule",
+                                             "resource_uid"))
+
+
+async def submit(requests: list[ChainRequest], deployment: str | None, *, batched: bool) -> list[ChainOutcome]:
+    """Schedule the chains as runs of ``deployment`` for any served process or worker to run now
+    (``chain_dispatch: submit``, the scale-out path); answer at once, one ``submitted`` outcome each.
+
+    A violation already waiting in, or running in, a live run of that deployment is not submitted
+    again: the next poll comes before a busy worker gets to it. Two runs of one violation would
+    still start one test (the claim and the tag lookup decide), but cost a run each.
+    """
+    deployment_id = await _deployment_id(deployment)
+    if deployment_id is None:
+        raise PermanentError(f"chain_dispatch is submit but deployment {deployment!r} does not exist: serve or "
+                             "deploy it (policyflow serve, prefect deploy --all)")
+    async with get_client() as client:
+        live: list[Any] = []
+        while True:  # every live run, a page at a time (the API answers at most 200)
+            page = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])),
+                flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                    any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING]))),
+                limit=200, offset=len(live),
+            )
+            live += page
+            if len(page) < 200:
+                break
+        queued = {_identity(p) for run in live for p in (run.parameters.get("violations") or [run.parameters])}
+        fresh = [r for r in requests if _identity(r.parameters) not in queued]
+        runs: list[tuple[dict[str, Any], str | None, list[str]]] = (
+            [({"violations": [r.parameters for r in b]}, None, _batch_tags(b)) for b in _batches(fresh)]
+            if batched else [(r.parameters, r.title, r.tags) for r in fresh]
+        )
+        for parameters, name, run_tags in runs:
+            await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, name=name,
+                                                         tags=run_tags)
+    log.info("submitted %d chains in %d runs of %s (%d already queued)", len(fresh), len(runs), deployment,
+             len(requests) - len(fresh))
+    return [ChainOutcome(r.key, r.title, r.workflow, None, SUBMITTED,
+                         detail="" if r in fresh else "already queued") for r in requests]
 
 
 async def _deployment_id(name: str | None) -> UUID | None:

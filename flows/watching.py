@@ -14,15 +14,17 @@ import asyncio
 import logging
 import threading
 import time
+from collections import Counter
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from flows.chains import ChainRequest, run_chains
+from flows.chains import PREFECT_API_FAILED, ChainRequest, run_chains
 from flows.policy_watch import policy_watch
 from policyflow import metrics
 from policyflow.clients.kube import KubeClient, WatchExpired
 from policyflow.domain.errors import PolicyflowError
-from policyflow.domain.model import REPORT_KINDS, ReportKind
+from policyflow.domain.model import REPORT_KINDS, ReportKind, Violation
 from policyflow.domain.routing import RoutedTest
 from policyflow.scanning import scan_report
 from tasks.chain import Target, start_at_once
@@ -82,23 +84,26 @@ async def watch(*, resync_seconds: float = 600.0, chain_deployment: str | None =
             follower.start()
         try:
             await _react(queue, expired, deadline=time.monotonic() + resync_seconds,
-                         chain_deployment=chain_deployment)
+                         chain_deployment=chain_deployment, batch_deployment=batch_deployment)
         finally:
             for follower in followers:
                 follower.stopped.set()
 
 
 async def _react(queue: asyncio.Queue[Event], expired: threading.Event, *, deadline: float,
-                 chain_deployment: str | None) -> None:
-    """Start the tests of new failures as their reports change, then run their chains, until a
-    resync is due."""
+                 chain_deployment: str | None, batch_deployment: str | None) -> None:
+    """Start the tests of new failures as their reports change, and record them through Prefect, until
+    a resync is due."""
     runtime = current()
-    running: dict[str, asyncio.Task[Any]] = {}
-    # Immediate starts are bounded in this process (see observe.bounded_here).
-    gate = asyncio.Semaphore(runtime.settings.testkube_concurrency)
+    reactor = _Reactor(runtime.settings.testkube_concurrency, chain_deployment, batch_deployment)
+    handed_over = time.monotonic()
     while time.monotonic() < deadline and not expired.is_set():
+        reactor.check()
+        if time.monotonic() - handed_over >= HAND_OVER_SECONDS:
+            reactor.hand_over()
+            handed_over = time.monotonic()
         try:
-            first = await asyncio.wait_for(queue.get(), timeout=0.5)
+            first = await asyncio.wait_for(queue.get(), timeout=0.2)
         except TimeoutError:
             continue
         # Coalesce: a burst of changes to one report needs one look at its latest state.
@@ -111,21 +116,82 @@ async def _react(queue: asyncio.Queue[Event], expired: threading.Event, *, deadl
             scan = scan_report(runtime.kube, runtime.settings, runtime.routing, kind, obj, now=now,
                                lease_seconds=runtime.settings.claim_lease)
             for finding in scan.findings:
-                key = finding.violation.key
-                if finding.needs_chain and finding.routed and (key not in running or running[key].done()):
-                    metrics.VIOLATIONS_DETECTED.inc()
-                    request = ChainRequest.for_violation(finding.violation, finding.routed.workflow)
-                    running[key] = asyncio.create_task(
-                        _start_and_run(request, finding.routed, gate, chain_deployment=chain_deployment))
-        for key in [k for k, task in running.items() if task.done()]:
-            running.pop(key)
-    if running:
-        await asyncio.gather(*running.values(), return_exceptions=True)
+                if finding.needs_chain and finding.routed:
+                    reactor.notice(finding.violation, finding.routed)
+    await reactor.drain()
 
 
-async def _start_and_run(request: ChainRequest, routed: RoutedTest, gate: asyncio.Semaphore, *,
-                         chain_deployment: str | None) -> None:
-    """Start the test now (Prefect's bookkeeping costs more than the one-second goal), then run the
-    chain as a Prefect run, which finds the started test and records its outcome."""
-    await start_at_once(Target.of(**request.parameters), routed, gate)
-    await run_chains([request], chain_deployment=chain_deployment)
+#: How often started tests are handed to Prefect runs. Why not at once: a run per violation at a
+#: few violations a second is what makes a SQLite-backed Prefect server answer 503 (and the chain
+#: wait out its client's backoff); a second's worth of starts goes into one run instead.
+HAND_OVER_SECONDS = 1.0
+#: Hand-overs tried again when the Prefect API itself failed (the test has started; its outcome
+#: still needs a run to record it). Beyond this, the next resync resumes it from the record.
+HAND_OVER_ATTEMPTS = 5
+
+
+class _Reactor:
+    """The watch's work in flight: immediate starts, then their chains in Prefect runs."""
+
+    def __init__(self, concurrency: int, chain_deployment: str | None, batch_deployment: str | None) -> None:
+        # Immediate starts are bounded in this process (see observe.bounded_here).
+        self.gate = asyncio.Semaphore(concurrency)
+        self.chain_deployment, self.batch_deployment = chain_deployment, batch_deployment
+        self.in_flight: set[str] = set()
+        self.ready: list[ChainRequest] = []
+        self.attempts: Counter[str] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def notice(self, violation: Violation, routed: RoutedTest) -> None:
+        """A new failure: start its test now, unless its chain is already under way here."""
+        if violation.key in self.in_flight:
+            return
+        self.in_flight.add(violation.key)
+        metrics.VIOLATIONS_DETECTED.inc()
+        self._spawn(self._start(ChainRequest.for_violation(violation, routed.workflow), routed))
+
+    async def _start(self, request: ChainRequest, routed: RoutedTest) -> None:
+        await start_at_once(Target.of(**request.parameters), routed, self.gate)
+        self.ready.append(request)
+
+    def hand_over(self) -> None:
+        """Give the tests started since the last hand-over to Prefect runs (one run: a batch)."""
+        if self.ready:
+            requests, self.ready = self.ready, []
+            self._spawn(self._record(requests))
+
+    async def _record(self, requests: list[ChainRequest]) -> None:
+        outcomes = {o.key: o for o in await run_chains(requests, chain_deployment=self.chain_deployment,
+                                                       batch_deployment=self.batch_deployment, storm_threshold=1)}
+        for request in requests:
+            outcome = outcomes.get(request.key)
+            if outcome is not None and outcome.detail.startswith(PREFECT_API_FAILED) and \
+                    self.attempts[request.key] < HAND_OVER_ATTEMPTS:
+                self.attempts[request.key] += 1
+                self.ready.append(request)
+                continue
+            self.attempts.pop(request.key, None)
+            self.in_flight.discard(request.key)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self.tasks.add(asyncio.create_task(work))
+
+    def check(self) -> None:
+        """Collect finished work. A chain's flow run turns SIGTERM into ``TerminationSignal`` inside
+        its own task: stop watching then (what is cancelled resumes at the next start)."""
+        for task in [t for t in self.tasks if t.done()]:
+            self.tasks.discard(task)
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None and not isinstance(exc, Exception):
+                for other in self.tasks:
+                    other.cancel()
+                raise exc
+            if exc is not None:
+                log.warning("watch: %s", exc)
+
+    async def drain(self) -> None:
+        """Before a resync: finish the starts, hand everything over, wait for the runs."""
+        while self.tasks or self.ready:
+            self.hand_over()
+            await asyncio.sleep(0.1)
+            self.check()

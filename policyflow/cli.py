@@ -284,6 +284,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("unexpected error", exc_info=True)
         print(f"policyflow: unexpected {type(exc).__name__}: {exc} (--log-level DEBUG shows where)", file=sys.stderr)
         return EXIT_UNFINISHED
+    except BaseException as exc:
+        # SIGTERM during a flow run arrives as Prefect's TerminationSignal (not imported here: see _scan)
+        if type(exc).__name__ == "TerminationSignal":
+            return 143
+        raise
     return EXIT_USAGE
 
 

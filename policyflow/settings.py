@@ -9,7 +9,7 @@ field name (``namespaces:``, ``await_timeout:``...). Anything invalid stops befo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -89,6 +89,11 @@ class Settings(BaseSettings):
         description="A cycle with more new chains than this runs them in handle-violations batches (0: always)",
     )
     batch_size: int = Field(100, ge=1, le=1000, description="Violations per handle-violations run in a storm")
+    chain_dispatch: Literal["inline", "submit"] = Field(
+        "inline",
+        description="inline: a cycle runs its violations' runs itself; submit: it schedules them as deployment "
+        "runs for every served process or worker to pick up (scale-out)",
+    )
     claim_lease: float = Field(
         300.0, gt=0, description="Seconds an unfinished chain's record is left to its owner before others resume it"
     )

@@ -17,6 +17,7 @@ EXIT_UNFINISHED = 3
 UNROUTED = "unrouted"
 UNFINISHED = "unfinished"  # a transient error outlasted the retries; the next cycle resumes it
 BUSY = "busy"  # another policyflow process is running this violation's chain right now
+SUBMITTED = "submitted"  # scheduled as a deployment run for a served process or worker to run
 
 
 @dataclass(frozen=True, slots=True)
