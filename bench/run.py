@@ -181,6 +181,7 @@ s, r = sm.load(); runtime.install(runtime.build(s, r))
 from flows.policy_watch import policy_watch
 from tasks.chain import Target, await_result, fetch_violation, next_step, record_outcome, result_record
 from tasks.chain import trigger_testkube
+from tasks.observe import bounded_here
 
 def storm(prefix):
     return [kube.create(report_for(TEMPLATE, kube.create(deployment(f"{prefix}-{i:03d}")))) for i in range(n)]
@@ -191,10 +192,11 @@ async def bare(reports):
         target = Target.of(report_name=report["metadata"]["name"], report_namespace="default",
                            policy="require-resources", rule="require-resources-in-deployment")
         fetched = await fetch_violation.fn(target)
-        triggered = await trigger_testkube.fn(fetched, next_step(fetched).routed)
+        async with bounded_here(slots):  # no global concurrency limit: that is a Prefect API call
+            triggered = await trigger_testkube.fn(fetched, next_step(fetched).routed)
         awaited = await await_result.fn(target.report, triggered)
         await record_outcome(target.report, result_record(triggered, awaited), fetched.violation)
-    gate = asyncio.Semaphore(s.max_concurrent_chains)
+    gate, slots = asyncio.Semaphore(s.max_concurrent_chains), asyncio.Semaphore(s.testkube_concurrency)
     async def bounded(report):
         async with gate:
             await chain(report)

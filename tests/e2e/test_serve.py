@@ -202,6 +202,13 @@ def _record(kube: KubeStandin, report: dict[str, Any]) -> dict[str, Any]:
     return parsed
 
 
+def _status(kube: KubeStandin, report: dict[str, Any]) -> str | None:
+    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], report["metadata"]["namespace"])
+    records = [json.loads(v) for k, v in ((now or {}).get("metadata", {}).get("annotations") or {}).items()
+               if k.startswith("policyflow.io/")]
+    return records[0]["status"] if records else None
+
+
 def test_prefect_deploy_all_with_the_projects_prefect_yaml(on_server: str) -> None:
     env = {**os.environ, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     subprocess.run(["prefect", "work-pool", "create", "policyflow", "--type", "process", "--overwrite"],
@@ -219,3 +226,39 @@ def test_prefect_deploy_all_with_the_projects_prefect_yaml(on_server: str) -> No
         watch = client.read_deployment_by_name("policy-watch/policy-watch")
         assert watch.global_concurrency_limit is not None
         assert watch.global_concurrency_limit.limit == 1
+
+
+def test_served_processes_share_submitted_batches_and_start_one_test_per_failure(
+    env: dict[str, str], tmp_path: Path, on_server: str, kube: KubeStandin, testkube: TestkubeStandin
+) -> None:
+    """The scale-out path: polls submit the storm's batches as deployment runs (chain_dispatch=submit)
+    and two served processes run them; every failure gets exactly one test and its outcome."""
+    reports = [kube.create(report_for(example("policyreport-fail.yaml"), kube.create(deployment(f"scale-{i}"))))
+               for i in range(6)]
+    child_env = {**os.environ, **env, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 "POLICYFLOW_CHAIN_DISPATCH": "submit", "POLICYFLOW_STORM_THRESHOLD": "2",
+                 "POLICYFLOW_BATCH_SIZE": "2"}
+    logs = [tmp_path / f"serve-{i}.log" for i in range(2)]
+    processes = [subprocess.Popen([sys.executable, "-m", "policyflow.cli", "serve", "--interval", "3",
+                                   "--metrics-port", "0"], env=child_env, stdout=log.open("w"),
+                                  stderr=subprocess.STDOUT, cwd=ROOT) for log in logs]
+    try:
+        wait_until("every failure's outcome on its report",
+                   lambda: all(_status(kube, r) == "passed" for r in reports), timeout=180, every=0.5)
+        time.sleep(8)  # two more polls in each process: nothing may start twice
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs:
+            print(log.read_text()[-4000:])
+    keys = [e["tags"]["policyflow-key"] for e in testkube.executions]
+    assert len(keys) == 6 and len(set(keys)) == 6, "one execution per failure, across both processes"
+    batches = [r for r in flow_runs("handle-violations") if r.deployment_id is not None
+               and any(p.get("resource_name", "").startswith("scale-") for p in r.parameters.get("violations", []))]
+    assert batches and all(r.state_type.value == "COMPLETED" for r in batches)
+    assert sum(len(r.parameters["violations"]) for r in batches) >= 6
