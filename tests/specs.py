@@ -18,7 +18,9 @@ REPORT_CRDS = [
     CRDS / "openreports.io_reports.yaml",
     CRDS / "openreports.io_clusterreports.yaml",
 ]
+TESTWORKFLOW_EXECUTIONS_CRD = CRDS / "testworkflows.testkube.io_testworkflowexecutions.yaml"
 TESTKUBE_OPENAPI = SPECS / "testkube" / "openapi.yaml"
+KUBE_RECORDINGS = SPECS / "kube"  # a real kube-apiserver's answers, for the Kubernetes stand-in's tests
 
 
 def example(name: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The Kubernetes API stand-in against the recordings of a real kube-apiserver (``shared/specs/kube``).
+"""The Kubernetes API stand-in against the recordings of a real kube-apiserver (``kube/`` in tests/specs.py).
 
 The recorded requests are sent again, in recording order, to one stand-in ("the cluster") through the
 official ``kubernetes`` client (configured from a kubeconfig whose ``server:`` is the stand-in). Each
@@ -27,7 +27,6 @@ from typing import Any
 
 import pytest
 import urllib3
-import yaml
 from kubernetes import client, config, dynamic, watch
 from kubernetes.client.rest import ApiException
 
@@ -46,33 +45,19 @@ from policyflow.standins.kube import (
     parse_label_selector,
     strip_server_metadata,
 )
+from tests.specs import KUBE_RECORDINGS, REPORT_CRDS, TESTWORKFLOW_EXECUTIONS_CRD, example
 
-SPECS = Path(__file__).resolve().parents[3] / "shared" / "specs"
-RECORDINGS = SPECS / "kube"
-CRDS = [
-    SPECS / "crds" / name
-    for name in (
-        "wgpolicyk8s.io_policyreports.yaml",
-        "wgpolicyk8s.io_clusterpolicyreports.yaml",
-        "openreports.io_reports.yaml",
-        "openreports.io_clusterreports.yaml",
-    )
-]
 PR = ("wgpolicyk8s.io", "v1alpha2")
 REPORT = "5b7d0f8e-3c1a-4e0b-9a6d-2f4c8e1b7a90"
 
-pytestmark = pytest.mark.skipif(not RECORDINGS.is_dir(), reason="shared/specs/kube is not available")
+pytestmark = pytest.mark.skipif(not KUBE_RECORDINGS.is_dir(), reason=f"{KUBE_RECORDINGS} is not available")
 
 
 @cache
 def recording(name: str) -> list[dict[str, Any]]:
     """The exchanges of ``<name>-*.json`` (e.g. ``"04"``)."""
-    (path,) = RECORDINGS.glob(f"{name}-*.json")
+    (path,) = KUBE_RECORDINGS.glob(f"{name}-*.json")
     return json.loads(path.read_text())
-
-
-def example(name: str) -> dict[str, Any]:
-    return yaml.safe_load((SPECS / "examples" / name).read_text())
 
 
 def api_client(standin: KubeStandin, directory: Path, *, token: str | None = None) -> client.ApiClient:
@@ -282,7 +267,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with KubeStandin(CRDS) as standin:
+    with KubeStandin(REPORT_CRDS) as standin:
         api = api_client(standin, tmp_path_factory.mktemp("kube"))
         yield Cluster(standin, api, Replayer(api), tmp_path_factory.mktemp("kube-cluster"))
         api.close()
@@ -340,7 +325,7 @@ def step_05(cluster: Cluster) -> None:
     cluster.replay("05", [0, 1, 2, 3, 4, 5, 6, 17, 18, 19])
     limited_user = [i for i, e in enumerate(exchanges) if e["client_call"].startswith("[limited kubeconfig]")]
     assert limited_user == list(range(7, 14))
-    with KubeStandin(CRDS, token="limited-token", user="limited") as limited:
+    with KubeStandin(REPORT_CRDS, token="limited-token", user="limited") as limited:
         limited.deny(verb="*", group="*", resource="*")
         api = api_client(limited, cluster.directory)
         for i in limited_user:
@@ -526,12 +511,10 @@ def test_08_cluster_reports_and_openreports(cluster: Cluster) -> None:
 # The test-side API on a scratch stand-in (each test uses its own namespace)
 # --------------------------------------------------------------------------------------------------
 
-TESTWORKFLOW_EXECUTIONS = SPECS / "crds" / "testworkflows.testkube.io_testworkflowexecutions.yaml"
-
 
 @pytest.fixture(scope="module")
 def scratch_server() -> Iterator[KubeStandin]:
-    with KubeStandin([*CRDS, TESTWORKFLOW_EXECUTIONS]) as standin:
+    with KubeStandin([*REPORT_CRDS, TESTWORKFLOW_EXECUTIONS_CRD]) as standin:
         yield standin
 
 

@@ -11,7 +11,6 @@ import itertools
 import re
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,8 +28,8 @@ from policyflow.standins.testkube import (
     problem,
     status_after_polls,
 )
+from tests.specs import TESTKUBE_OPENAPI
 
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "specs" / "testkube" / "openapi.yaml"
 _names = itertools.count(1)
 
 
@@ -57,7 +56,7 @@ def wf(tk: TestkubeStandin) -> str:
 @pytest.fixture(scope="module")
 def validating() -> Iterator[tuple[TestkubeStandin, httpx.Client]]:
     # The spec is parsed once per process (cached in the stand-in module), so this costs it once.
-    with TestkubeStandin(openapi_spec=SPEC) as standin, httpx.Client(base_url=standin.base_url) as http:
+    with TestkubeStandin(openapi_spec=TESTKUBE_OPENAPI) as standin, httpx.Client(base_url=standin.base_url) as http:
         yield standin, http
 
 
