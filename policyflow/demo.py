@@ -7,14 +7,18 @@ flows run on a local Prefect API (a temporary one unless ``PREFECT_API_URL`` poi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -76,13 +80,25 @@ class Scenario:
 
 
 def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: int | None, interval: float) -> int:
-    """The whole loop in the Prefect UI: a local Prefect server, the stand-ins, the served deployments."""
+    """The whole loop in the Prefect UI: a local Prefect server, the stand-ins, the served deployments.
+
+    Ctrl-C or SIGTERM stops them in reverse order: the served runner first (on its way out it still
+    talks to the Prefect API: it pauses its deployments, records cancelled runs), then the stand-ins,
+    and the Prefect server last. SIGTERM before the runner is up (which handles it itself) unwinds
+    like Ctrl-C, so the server is stopped whenever it was started.
+    """
     from policyflow.localserver import LocalPrefectServer
 
     print(BANNER)
     workdir = Path(tempfile.mkdtemp(prefix="policyflow-demo-"))
-    print(f"Starting a local Prefect server (SQLite in {home}) ...")
-    with LocalPrefectServer(home, port=port) as server, Scenario(workdir):
+    server = LocalPrefectServer(home, port=port)
+    with contextlib.ExitStack() as stack:  # exits in reverse: runner, stand-ins, server, handler, workdir
+        stack.callback(shutil.rmtree, workdir, ignore_errors=True)
+        stack.enter_context(_sigterm_interrupts())
+        stack.callback(_uninterrupted, server.stop)  # registered first: also if Ctrl-C comes while it starts
+        print(f"Starting a local Prefect server (SQLite in {home}) ...")
+        server.start()
+        stack.enter_context(Scenario(workdir))
         os.environ["PREFECT_API_URL"] = server.api_url
         print(f"\nPrefect UI: {server.url}\n")
         print(f"  Runs:      {server.url}/runs  (policy-watch polls every {interval:.0f} s;"
@@ -94,9 +110,38 @@ def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: i
         print("             any violation run > Retry (the chain resumes; Testkube never runs twice for one episode)")
         print("\nCtrl-C stops everything.\n")
         sys.stdout.flush()
-        code = serve_cli(["serve", "--interval", str(interval), "--metrics-port", "0"])
-    shutil.rmtree(workdir, ignore_errors=True)
-    return code
+        return serve_cli(["serve", "--interval", str(interval), "--metrics-port", "0"])
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises KeyboardInterrupt, as Ctrl-C does (by default it ends the process on the spot)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _uninterrupted(stop: Callable[[], None]) -> None:
+    """``stop()`` with SIGINT and SIGTERM ignored: a second Ctrl-C must not leave the server running."""
+    print("Stopping the local Prefect server ...", flush=True)
+    if threading.current_thread() is not threading.main_thread():
+        stop()
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_demo(run_cli: Callable[[Sequence[str]], int], *, cycles: int = 2) -> int:

@@ -22,11 +22,13 @@ def _free_port() -> int:
 
 
 class LocalPrefectServer:
-    """``prefect server start`` on loopback with its own PREFECT_HOME (SQLite, the embedded default)."""
+    """``prefect server start`` on loopback with its own PREFECT_HOME: SQLite (the embedded default) in
+    that home, or the database at ``database_url`` (e.g. ``postgresql+asyncpg://user:pw@host:port/db``)."""
 
     def __init__(self, home: Path, *, port: int | None = None, log: Path | None = None,
-                 scheduler_seconds: float = 2.0) -> None:
+                 scheduler_seconds: float = 2.0, database_url: str | None = None) -> None:
         self.home = home
+        self.database_url = database_url
         self.port = port or _free_port()
         self.log_path = log or home / "server.log"
         self._scheduler_seconds = scheduler_seconds
@@ -53,10 +55,18 @@ class LocalPrefectServer:
             # New deployments get their scheduled runs within seconds, not a minute.
             "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": str(self._scheduler_seconds),
         })
+        if self.database_url is not None:
+            # Prefect 3 reads PREFECT_SERVER_DATABASE_CONNECTION_URL first, then its old alias
+            # PREFECT_API_DATABASE_CONNECTION_URL: set both so that neither can come from outside.
+            env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = self.database_url
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database_url
         self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter, fixed arguments
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
             env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            # Its own session: a Ctrl-C or SIGTERM to our process group must not kill the server
+            # before the runner has paused its deployments through it; stop() ends it.
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
