@@ -1,14 +1,18 @@
 """policyflow's benchmarks: four figures, each next to a baseline measured in the same run, as a ratio.
 
-    .venv/bin/python bench/run.py [--reports 10000] [--storm 1000] [--latency 200] [--only scan,quiet,storm,latency]
+    .venv/bin/python bench/run.py [--reports 10000] [--storm 1000] [--latency 200] [--overhead 40]
+                                  [--only scan,quiet,overhead,storm,latency] [--postgres [--install-postgres]]
 
 1. scan     one detection cycle (`policyflow scan --output json`) against `kubectl get policyreports -A -o
             json`, on the same stand-in with N reports x 10 results, 5% of results failing: time and peak RSS.
 2. quiet    one poll cycle of the policy-watch flow with Prefect bookkeeping (nothing new) against the bare
             scan in the same process; and no flow run is created for violations already handled.
+3a. overhead  the orchestration cost per violation: N new failures in one poll cycle as one flow run + four
+            task runs each, as handle-violations batches, and through the same step functions with no Prefect.
 3. storm    K new failing results at once, through `policyflow serve` and a real Prefect server, the
             Testkube limit at 50: time until every one is triggered, awaited and annotated; against a plain
-            asyncio/httpx script making the same HTTP calls.
+            asyncio/httpx script making the same HTTP calls. With --postgres, again with the Prefect server on
+            PostgreSQL (a throwaway cluster from Debian's package, bench/postgres.py).
 4. latency  watch mode: report turning failing -> Testkube POST, for M failures spread over a minute;
             p50/p99, against polling's expected wait (half the interval).
 
@@ -37,6 +41,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 from policyflow.domain.ledger import Record, Status, annotation_name, read_records  # noqa: E402
 from policyflow.domain.model import POLICY_REPORT  # noqa: E402
@@ -282,7 +287,7 @@ def figure_storm(storm: int, api_url: str, work: Path) -> None:
                                  env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         try:
             time.sleep(12)  # served, first polls done on an empty cluster
-            started = time.monotonic()
+            started, started_wall = time.monotonic(), time.time()
             for i in range(storm):
                 kube.create(report_for(TEMPLATE, kube.create(deployment(f"s-{i:04d}"))))
             deadline = started + 900
@@ -292,7 +297,10 @@ def figure_storm(storm: int, api_url: str, work: Path) -> None:
                     break
                 time.sleep(0.5)
             elapsed = time.monotonic() - started
-            print(f"  annotated {done}/{storm}; executions {len(testkube.executions)}", flush=True)
+            first = min((datetime.fromisoformat(e["scheduledAt"].replace("Z", "+00:00")).timestamp()
+                         for e in testkube.executions), default=float("nan"))
+            print(f"  annotated {done}/{storm}; executions {len(testkube.executions)}; the first test started "
+                  f"{first - started_wall:.1f} s after the storm (the poll interval is 5 s)", flush=True)
         finally:
             serve.terminate()
             serve.wait(timeout=60)
@@ -356,6 +364,9 @@ def main() -> None:
     parser.add_argument("--latency", type=int, default=200)
     parser.add_argument("--overhead", type=int, default=40)
     parser.add_argument("--only", default="scan,quiet,overhead,storm,latency")
+    parser.add_argument("--postgres", action="store_true",
+                        help="also run the storm with the Prefect server on PostgreSQL (Debian's package)")
+    parser.add_argument("--install-postgres", action="store_true", help="apt-get install postgresql if missing")
     args = parser.parse_args()
     only = set(args.only.split(","))
     work = Path(tempfile.mkdtemp(prefix="policyflow-bench-"))
@@ -382,6 +393,13 @@ def main() -> None:
             figure_storm(args.storm, server.api_url, work)
         if "latency" in only:
             figure_latency(args.latency, server.api_url, work)
+    if "storm" in only and args.postgres:
+        from postgres import ThrowawayPostgres  # bench/postgres.py
+
+        with ThrowawayPostgres(work / "pg", install=args.install_postgres) as pg, \
+                LocalPrefectServer(work / "prefect-pg", database_url=pg.url) as server:
+            print("   (the same storm, the Prefect server on PostgreSQL)", flush=True)
+            figure_storm(args.storm, server.api_url, work)
     print(f"bench done in {time.monotonic() - started:.0f} s (logs in {work})")
 
 

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
         50, ge=0, le=1_000_000,
         description="A cycle with more new chains than this runs them in handle-violations batches (0: always)",
     )
-    batch_size: int = Field(100, ge=1, le=1000, description="Violations per handle-violations run in a storm")
+    batch_size: int = Field(250, ge=1, le=1000, description="Violations per handle-violations run in a storm")
     chain_dispatch: Literal["inline", "submit"] = Field(
         "inline",
         description="inline: a cycle runs its violations' runs itself; submit: it schedules them as deployment "
