@@ -106,6 +106,9 @@ def test_a_chain_that_fails_in_a_batch_fails_the_batch_not_its_neighbours_and_re
     since = now()
     first = policyflow("run-once")
     assert first.code == 3, "one chain could not finish"
+    rows = [line for line in first.out.splitlines() if "default/Deployment/storm-" in line]
+    assert len(rows) == 7, "one outcome per violation, the failed batch's included"
+    assert sum("passed" in row for row in rows) == 6 and sum("unfinished" in row for row in rows) == 1
     assert statuses(kube)["passed"] == 6
     assert len(testkube.executions) == 6
     assert sorted(r.state_type.value for r, _ in batch_runs(since)) == ["COMPLETED", "COMPLETED", "FAILED"]
