@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from prefect import Flow, tags
@@ -31,6 +32,7 @@ from policyflow.domain.errors import PermanentError
 from policyflow.domain.model import Violation
 from policyflow.domain.outcome import SUBMITTED, UNFINISHED, ChainOutcome
 from tasks import observe
+from tasks.chain import failed_outcome
 from tasks.runtime import current
 
 log = logging.getLogger("policyflow.flows")
@@ -114,57 +116,57 @@ async def _run_batches(requests: list[ChainRequest], batch_deployment: str | Non
     # One batch at a time, each running its items max_concurrent_chains at once. Measured: two at
     # once were no faster (the CPU is the limit), took each other's Testkube slots (a batch waits out
     # the server's Retry-After for them) and made SQLite-backed servers answer 503 more often.
-    gate = asyncio.Semaphore(1)
-    results = await asyncio.gather(*(_run_batch(batch, gate, deployment_id) for batch in batches))
-    return [outcome for outcomes in results for outcome in outcomes]
+    outcomes: list[ChainOutcome] = []
+    for batch in batches:
+        outcomes += await _run_batch(batch, deployment_id)
+    return outcomes
 
 
-async def _run_batch(batch: list[ChainRequest], gate: asyncio.Semaphore,
-                     deployment_id: UUID | None) -> list[ChainOutcome]:
-    parameters: dict[str, Any] = {"violations": [r.parameters for r in batch]}
-    tags_ = _batch_tags(batch)
-    async with gate:
-        try:
-            if deployment_id is not None:
-                state = await run_as_deployment_run(deployment_id, parameters, flow=handle_violations,
-                                                    tags=tags_)
-            else:
-                with tags(*tags_):
-                    state = await handle_violations(**parameters, return_state=True)
-        except Exception as exc:  # the Prefect API itself failed: not these chains' fault
-            log.warning("a batch of %d chains could not run: %s; the next cycle resumes them", len(batch), exc)
-            detail = f"{PREFECT_API_FAILED}: {type(exc).__name__}"
-            return [ChainOutcome(r.key, r.title, r.workflow, None, UNFINISHED, detail=detail) for r in batch]
-    result = state.result(raise_on_failure=False)
-    if inspect.isawaitable(result):
-        result = await result
+async def _run_batch(batch: list[ChainRequest], deployment_id: UUID | None) -> list[ChainOutcome]:
+    try:
+        result = await _run_flow(handle_violations, {"violations": [r.parameters for r in batch]}, deployment_id,
+                                 run_tags=_batch_tags(batch))
+    except Exception as exc:  # the Prefect API itself failed: not these chains' fault
+        log.warning("a batch of %d chains could not run: %s; the next cycle resumes them", len(batch), exc)
+        return [_not_run(r, exc) for r in batch]
     if isinstance(result, list):
         return [o for o in result if isinstance(o, ChainOutcome)]
-    return [ChainOutcome(r.key, r.title, r.workflow, None, UNFINISHED, detail=str(result)) for r in batch]
+    return [failed_outcome(r.key, r.title, r.workflow, result) for r in batch]
 
 
 async def _run_one(request: ChainRequest, gate: asyncio.Semaphore, deployment_id: UUID | None) -> ChainOutcome:
     async with gate:
         try:
-            if deployment_id is not None:
-                state = await run_as_deployment_run(deployment_id, request.parameters, flow=handle_violation,
-                                                    name=request.title, tags=request.tags)
-            else:
-                with tags(*request.tags):
-                    state = await handle_violation(**request.parameters, return_state=True)
+            result = await _run_flow(handle_violation, request.parameters, deployment_id, name=request.title,
+                                     run_tags=request.tags)
         except Exception as exc:  # the Prefect API itself failed (overloaded, unreachable): not this chain's fault
             log.warning("%s: could not run its chain: %s; the next cycle resumes it", request.title, exc)
             metrics.TRIGGERS_FAILED.labels(kind=type(exc).__name__).inc()
-            return ChainOutcome(request.key, request.title, request.workflow, None, UNFINISHED,
-                                detail=f"{PREFECT_API_FAILED}: {type(exc).__name__}")
-    result = state.result(raise_on_failure=False)
-    if inspect.isawaitable(result):
-        result = await result
+            return _not_run(request, exc)
     if isinstance(result, ChainOutcome):
         return result
     metrics.TRIGGERS_FAILED.labels(kind=type(result).__name__).inc()
-    status = "error" if isinstance(result, PermanentError) else UNFINISHED
-    return ChainOutcome(request.key, request.title, request.workflow, None, status, detail=str(result))
+    return failed_outcome(request.key, request.title, request.workflow, result)
+
+
+def _not_run(request: ChainRequest, exc: Exception) -> ChainOutcome:
+    """The outcome of a chain whose run the Prefect API failed to make: the next cycle resumes it."""
+    return ChainOutcome(request.key, request.title, request.workflow, None, UNFINISHED,
+                        detail=f"{PREFECT_API_FAILED}: {type(exc).__name__}")
+
+
+async def _run_flow(flow: Flow[Any, Any], parameters: dict[str, Any], deployment_id: UUID | None, *,
+                    run_tags: list[str], name: str | None = None) -> Any:
+    """Run ``flow`` here (a run of its deployment when one is given, else a subflow) and answer its
+    result: the flow's return value, or the exception a failed run ended with."""
+    if deployment_id is not None:
+        state = await run_as_deployment_run(deployment_id, parameters, flow=flow, name=name, tags=run_tags)
+    else:
+        with tags(*run_tags):
+            # Flow.__call__'s overloads cannot tell an async flow's awaitable state from Flow[Any, Any].
+            state = await cast("Awaitable[State[Any]]", flow(**parameters, return_state=True))
+    result = state.result(raise_on_failure=False)
+    return await result if inspect.isawaitable(result) else result
 
 
 async def run_as_deployment_run(deployment_id: UUID, parameters: dict[str, Any], *, flow: Flow[Any, Any],

@@ -79,7 +79,7 @@ async def handle_violation(
     step = next_step(fetched)
     if step.outcome is not None:
         return step.outcome
-    title = fetched.violation.title if fetched.violation else f"{policy}/{rule} {target.report}"
+    title = fetched.title
     if step.resolve is not None:
         record = await annotate_report.with_options(**options)(target.report, step.resolve, None)
         return ChainOutcome(record.key, title, record.workflow, record.execution_name, record.status.value,

@@ -65,7 +65,7 @@ async def handle_violations(violations: list[dict[str, Any]], retry: bool = Fals
     targets = [Target.of(**{**parameters, "retry": retry or bool(parameters.get("retry"))})
                for parameters in violations]
     outcomes: list[ChainOutcome | None] = [None] * len(targets)
-    titles = [f"{t.policy}/{t.rule} {t.report}" for t in targets]
+    titles = [t.title for t in targets]
 
     fetched_all = await fetch_violations(targets)
     to_trigger: list[tuple[int, Fetched, RoutedTest]] = []
@@ -75,8 +75,7 @@ async def handle_violations(violations: list[dict[str, Any]], retry: bool = Fals
         if isinstance(fetched, BaseException):
             outcomes[i] = failed_outcome("", titles[i], None, fetched)
             continue
-        if fetched.violation is not None:
-            titles[i] = fetched.violation.title
+        titles[i] = fetched.title
         step = next_step(fetched)
         if step.outcome is not None:
             outcomes[i] = step.outcome

@@ -83,6 +83,11 @@ class Target:
     #: resume an episode recorded as ``error``, or one whose run exists but whose chain looks alive.
     retry: bool = False
 
+    @property
+    def title(self) -> str:
+        """``policy/rule report``: how logs and outcomes name it before the violation is known."""
+        return f"{self.policy}/{self.rule} {self.report}"
+
     @classmethod
     def of(cls, *, report_name: str, policy: str, rule: str, report_namespace: str | None = None,
            report_kind: str = "PolicyReport", resource_name: str | None = None, resource_uid: str | None = None,
@@ -107,6 +112,11 @@ class Fetched:
     labels: dict[str, str] | None = None
     generation: int | None = None
     gone_reason: str = ""
+
+    @property
+    def title(self) -> str:
+        """The violation's title when it is there, else the target's."""
+        return self.violation.title if self.violation is not None else self.target.title
 
 
 @dataclass(frozen=True, slots=True)
@@ -499,8 +509,7 @@ def next_step(fetched: Fetched) -> NextStep:
     """Decide from what fetch-violation found; shared by the one-violation and the batch flows."""
     violation, planned, record = fetched.violation, fetched.planned, fetched.record
     if violation is None:
-        target = fetched.target
-        title = f"{target.policy}/{target.rule} {target.report}"
+        title = fetched.title
         log.info("%s: %s; no test", title, fetched.gone_reason)
         if record is None:
             return NextStep(outcome=ChainOutcome("", title, None, None, Status.RESOLVED.value,

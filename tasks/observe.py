@@ -16,6 +16,7 @@ from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalC
 from prefect.concurrency.asyncio import concurrency
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
+from prefect.settings import PREFECT_API_URL
 
 from policyflow.domain.ledger import Record
 from policyflow.domain.markdown import escape, execution_markdown
@@ -90,8 +91,24 @@ async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, i
                                  description=f"One detection cycle: {summary}")
 
 
+#: (Prefect API, size) of the limit this process last made sure of.
+_ensured: tuple[str, int] | None = None
+
+
 async def ensure_testkube_limit(limit: int) -> None:
-    """Create the global concurrency limit on Testkube calls if it is missing; keep its size in step."""
+    """Create the global concurrency limit on Testkube calls if it is missing; keep its size in step.
+
+    Once per process (per API and size): run_chains calls this for every cycle, and watch mode for
+    every hand-over, once a second; the limit does not come and go on its own.
+    """
+    global _ensured
+    wanted = (str(PREFECT_API_URL.value()), limit)
+    if wanted != _ensured:
+        await _ensure_testkube_limit(limit)
+        _ensured = wanted
+
+
+async def _ensure_testkube_limit(limit: int) -> None:
     async with get_client() as client:
         try:
             existing = await client.read_global_concurrency_limit_by_name(TESTKUBE_LIMIT)

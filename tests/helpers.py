@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,3 +71,11 @@ def deploy(kube: KubeStandin, name: str, namespace: str = "default") -> dict[str
 def load_report(kube: KubeStandin, file: str = "policyreport-fail.yaml", *, resource: dict[str, Any]) -> dict[str, Any]:
     """An example report from shared/specs, as Kyverno would write it for ``resource``."""
     return kube.create(report_for(example(file), resource))
+
+
+def records(kube: KubeStandin, report: dict[str, Any]) -> list[dict[str, Any]]:
+    """policyflow's records (``policyflow.io/*`` annotations, parsed) on ``report`` as the stand-in has it now."""
+    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"],
+                   report["metadata"].get("namespace"))
+    annotations = ((now or {}).get("metadata") or {}).get("annotations") or {}
+    return [json.loads(v) for k, v in annotations.items() if k.startswith("policyflow.io/")]

@@ -4,7 +4,6 @@ deploy --all`` with the project's prefect.yaml."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -21,7 +20,7 @@ from policyflow.cli import main
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
-from tests.helpers import wait_until
+from tests.helpers import records, wait_until
 from tests.specs import ROOT, example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
@@ -195,18 +194,8 @@ def test_retry_failed_reruns_only_what_failed_without_a_second_execution(
 
 
 def _record(kube: KubeStandin, report: dict[str, Any]) -> dict[str, Any]:
-    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], report["metadata"]["namespace"])
-    assert now is not None
-    (value,) = [v for k, v in now["metadata"]["annotations"].items() if k.startswith("policyflow.io/")]
-    parsed: dict[str, Any] = json.loads(value)
-    return parsed
-
-
-def _status(kube: KubeStandin, report: dict[str, Any]) -> str | None:
-    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], report["metadata"]["namespace"])
-    records = [json.loads(v) for k, v in ((now or {}).get("metadata", {}).get("annotations") or {}).items()
-               if k.startswith("policyflow.io/")]
-    return records[0]["status"] if records else None
+    (record,) = records(kube, report)
+    return record
 
 
 def test_prefect_deploy_all_with_the_projects_prefect_yaml(on_server: str) -> None:
@@ -244,7 +233,8 @@ def test_served_processes_share_submitted_batches_and_start_one_test_per_failure
                                   stderr=subprocess.STDOUT, cwd=ROOT) for log in logs]
     try:
         wait_until("every failure's outcome on its report",
-                   lambda: all(_status(kube, r) == "passed" for r in reports), timeout=180, every=0.5)
+                   lambda: all([rec["status"] for rec in records(kube, r)] == ["passed"] for r in reports),
+                   timeout=180, every=0.5)
         time.sleep(8)  # two more polls in each process: nothing may start twice
     finally:
         for process in processes:

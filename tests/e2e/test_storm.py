@@ -4,7 +4,6 @@ per violation. Real CLI, real flows, stand-ins over HTTP, the session's Prefect 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.helpers import Policyflow, deploy, load_report
+from tests.helpers import Policyflow, deploy, load_report, records
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
 
@@ -20,12 +19,8 @@ BATCH_STEPS = ["fetch-violations", "trigger-testkube-runs", "await-results", "an
 
 
 def statuses(kube: KubeStandin) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for report in kube.objects("wgpolicyk8s.io/v1alpha2", "PolicyReport"):
-        for name, value in (report["metadata"].get("annotations") or {}).items():
-            if name.startswith("policyflow.io/"):
-                counts[json.loads(value)["status"]] += 1
-    return counts
+    return Counter(record["status"] for report in kube.objects("wgpolicyk8s.io/v1alpha2", "PolicyReport")
+                   for record in records(kube, report))
 
 
 def keys(testkube: TestkubeStandin) -> Counter[str]:
