@@ -13,11 +13,16 @@ from prefect.types.entrypoint import EntrypointType
 
 from flows.handle_violation import handle_violation
 from flows.handle_violations import handle_violations
-from flows.policy_watch import policy_watch
+from flows.poll import poll_reports
 from flows.retry_failed import retry_failed_triggers
 
 CHAIN_DEPLOYMENT = "handle-violation/handle-violation"
 BATCH_DEPLOYMENT = "handle-violations/handle-violations"
+
+
+#: The stored parameters of the deployments that dispatch chains (``policy-watch``,
+#: ``retry-failed-triggers``); ``prefect.yaml`` says the same (a test checks both against the flows).
+DISPATCH = {"chain_deployment": CHAIN_DEPLOYMENT, "batch_deployment": BATCH_DEPLOYMENT}
 
 
 def deployments(*, interval: float = 60.0, retry_interval: float | None = None) -> list[RunnerDeployment]:
@@ -26,10 +31,10 @@ def deployments(*, interval: float = 60.0, retry_interval: float | None = None) 
     ``retry-failed-triggers`` (by hand, or every ``retry_interval`` seconds)."""
     # Module entrypoints: the runner finds the flows in the installed package, wherever it runs.
     common: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH}
-    watch = policy_watch.to_deployment(
+    poll = poll_reports.to_deployment(
         name="policy-watch",
         interval=timedelta(seconds=interval),
-        parameters={"chain_deployment": CHAIN_DEPLOYMENT, "batch_deployment": BATCH_DEPLOYMENT},
+        parameters=dict(DISPATCH),
         concurrency_limit=1,
         description="Poll the cluster for new PolicyReport failures and run each one's chain.",
         tags=["policyflow"],
@@ -52,11 +57,11 @@ def deployments(*, interval: float = 60.0, retry_interval: float | None = None) 
     retry = retry_failed_triggers.to_deployment(
         name="retry-failed-triggers",
         interval=timedelta(seconds=retry_interval) if retry_interval else None,
-        parameters={"chain_deployment": CHAIN_DEPLOYMENT, "batch_deployment": BATCH_DEPLOYMENT},
+        parameters=dict(DISPATCH),
         concurrency_limit=1,
         description="Run again the chains whose last run failed (from the annotations and the run history).",
         tags=["policyflow"],
         **common,
     )
     # to_deployment answers a coroutine only when called from async code; this module is sync.
-    return [d for d in (watch, chain, batch, retry) if isinstance(d, RunnerDeployment)]
+    return [d for d in (poll, chain, batch, retry) if isinstance(d, RunnerDeployment)]

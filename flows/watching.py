@@ -19,16 +19,17 @@ from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
-from flows.chains import PREFECT_API_FAILED, ChainRequest, run_chains
-from flows.policy_watch import policy_watch
+from flows.dispatch import PREFECT_API_FAILED, ChainRequest, run_chains
+from flows.poll import poll_cycle
 from policyflow import metrics
-from policyflow.clients.kube import KubeClient, WatchExpired
+from policyflow.chain.deps import Deps
+from policyflow.chain.run import DirectSteps, run_chain
+from policyflow.clients.kube import WatchExpired
 from policyflow.domain.errors import PolicyflowError
 from policyflow.domain.model import REPORT_KINDS, ReportKind, Violation
 from policyflow.domain.routing import RoutedTest
+from policyflow.retry import RetryPolicy
 from policyflow.scanning import scan_report
-from tasks.chain import Target, start_at_once
-from tasks.runtime import current
 
 log = logging.getLogger("policyflow.watch")
 
@@ -38,18 +39,21 @@ Event = tuple[ReportKind, dict[str, Any]]
 class _Follower(threading.Thread):
     """One report kind's watch, in a thread (the client is blocking), feeding the event loop's queue."""
 
-    def __init__(self, kube: KubeClient, kind: ReportKind, version: str, selector: str,
-                 loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Event], expired: threading.Event) -> None:
+    def __init__(self, deps: Deps, kind: ReportKind, version: str, loop: asyncio.AbstractEventLoop,
+                 queue: asyncio.Queue[Event], expired: threading.Event) -> None:
         super().__init__(name=f"watch-{kind.plural}", daemon=True)
-        self.kube, self.kind, self.version, self.selector = kube, kind, version, selector
+        self.kube, self.kind, self.version, self.selector = deps.kube, kind, version, deps.settings.report_selector
+        self.retry: RetryPolicy = deps.retry
         self.loop, self.queue, self.expired = loop, queue, expired
         self.stopped = threading.Event()
 
     def run(self) -> None:
+        failures = 0
         while not self.stopped.is_set():
             try:
                 for kind_of, obj in self.kube.watch_reports(self.kind, resource_version=self.version,
                                                             label_selector=self.selector, timeout_seconds=60):
+                    failures = 0
                     self.version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
                     if kind_of in ("ADDED", "MODIFIED") and not self.stopped.is_set():
                         self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.kind, obj))
@@ -58,15 +62,17 @@ class _Follower(threading.Thread):
                 self.expired.set()
                 return
             except PolicyflowError as exc:
-                log.warning("watch of %s: %s; watching again in 1 s", self.kind.plural, exc)
-                time.sleep(1.0)
+                # A watch is never given up: the retry policy's backoff, capped, for as long as it takes.
+                wait = self.retry.delay_for(min(failures, self.retry.retries), exc, chance=0.5)
+                failures += 1
+                log.warning("watch of %s: %s; watching again in %.1f s", self.kind.plural, exc, wait)
+                self.stopped.wait(wait)
 
 
-async def watch(*, resync_seconds: float = 600.0, chain_deployment: str | None = None,
+async def watch(deps: Deps, *, resync_seconds: float = 600.0, chain_deployment: str | None = None,
                 batch_deployment: str | None = None, max_cycles: int | None = None) -> None:
     """Watch until interrupted (or, for tests, until ``max_cycles`` resyncs have started)."""
-    runtime = current()
-    kube, settings = runtime.kube, runtime.settings
+    kube, settings = deps.kube, deps.settings
     kinds = [k for k in REPORT_KINDS if await asyncio.to_thread(kube.is_served, k)
              and (k.namespaced or settings.cluster_reports)]
     loop = asyncio.get_running_loop()
@@ -76,26 +82,25 @@ async def watch(*, resync_seconds: float = 600.0, chain_deployment: str | None =
         # Where each watch starts: before the full cycle, so nothing changes unseen in between.
         versions = {k: await asyncio.to_thread(kube.list_version, k, label_selector=settings.report_selector)
                     for k in kinds}
-        await policy_watch(chain_deployment=chain_deployment, batch_deployment=batch_deployment)
+        await poll_cycle(deps, chain_deployment=chain_deployment, batch_deployment=batch_deployment)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         expired = threading.Event()
-        followers = [_Follower(kube, k, versions[k], settings.report_selector, loop, queue, expired) for k in kinds]
+        followers = [_Follower(deps, k, versions[k], loop, queue, expired) for k in kinds]
         for follower in followers:
             follower.start()
         try:
-            await _react(queue, expired, deadline=time.monotonic() + resync_seconds,
+            await _react(deps, queue, expired, deadline=time.monotonic() + resync_seconds,
                          chain_deployment=chain_deployment, batch_deployment=batch_deployment)
         finally:
             for follower in followers:
                 follower.stopped.set()
 
 
-async def _react(queue: asyncio.Queue[Event], expired: threading.Event, *, deadline: float,
+async def _react(deps: Deps, queue: asyncio.Queue[Event], expired: threading.Event, *, deadline: float,
                  chain_deployment: str | None, batch_deployment: str | None) -> None:
     """Start the tests of new failures as their reports change, and record them through Prefect, until
     a resync is due."""
-    runtime = current()
-    reactor = _Reactor(runtime.settings.testkube_concurrency, chain_deployment, batch_deployment)
+    reactor = _Reactor(deps, chain_deployment, batch_deployment)
     handed_over = time.monotonic()
     while time.monotonic() < deadline and not expired.is_set():
         reactor.check()
@@ -113,8 +118,8 @@ async def _react(queue: asyncio.Queue[Event], expired: threading.Event, *, deadl
             batch[(event[1]["metadata"].get("namespace"), event[1]["metadata"]["name"])] = event
         now = datetime.now(UTC)
         for kind, obj in batch.values():
-            scan = scan_report(runtime.kube, runtime.settings, runtime.routing, kind, obj, now=now,
-                               lease_seconds=runtime.settings.claim_lease)
+            scan = scan_report(deps.kube, deps.settings, deps.routing, kind, obj, now=now,
+                               lease_seconds=deps.settings.claim_lease)
             for finding in scan.findings:
                 if finding.needs_chain and finding.routed:
                     reactor.notice(finding.violation, finding.routed)
@@ -133,9 +138,11 @@ HAND_OVER_ATTEMPTS = 5
 class _Reactor:
     """The watch's work in flight: immediate starts, then their chains in Prefect runs."""
 
-    def __init__(self, concurrency: int, chain_deployment: str | None, batch_deployment: str | None) -> None:
-        # Immediate starts are bounded in this process (see observe.bounded_here).
-        self.gate = asyncio.Semaphore(concurrency)
+    def __init__(self, deps: Deps, chain_deployment: str | None, batch_deployment: str | None) -> None:
+        # Immediate starts are bounded in this process, not by the global limit: taking a global slot
+        # is a Prefect API call, and one 503 from a busy server costs its client a 2 s backoff.
+        self.deps = deps
+        self.gate = asyncio.Semaphore(deps.settings.testkube_concurrency)
         self.chain_deployment, self.batch_deployment = chain_deployment, batch_deployment
         self.in_flight: set[str] = set()
         self.ready: list[ChainRequest] = []
@@ -148,10 +155,14 @@ class _Reactor:
             return
         self.in_flight.add(violation.key)
         metrics.VIOLATIONS_DETECTED.inc()
-        self._spawn(self._start(ChainRequest.for_violation(violation, routed.workflow), routed))
+        self._spawn(self._start(ChainRequest.for_violation(violation, routed.workflow)))
 
-    async def _start(self, request: ChainRequest, routed: RoutedTest) -> None:
-        await start_at_once(Target.of(**request.parameters), routed, self.gate)
+    async def _start(self, request: ChainRequest) -> None:
+        """The chain's first half right now, outside Prefect: the watch's sub-second start. The
+        chain's Prefect run follows and resumes from the record this writes (same owner, same
+        episode, the execution found by its id or tags), so whatever this could not do, it does."""
+        outcome = await run_chain(request.ref, self.deps, DirectSteps(self.deps, gate=self.gate), until_started=True)
+        log.info("%s: %s at once", outcome.violation, outcome.status.value)
         self.ready.append(request)
 
     def hand_over(self) -> None:
@@ -161,7 +172,7 @@ class _Reactor:
             self._spawn(self._record(requests))
 
     async def _record(self, requests: list[ChainRequest]) -> None:
-        outcomes = {o.key: o for o in await run_chains(requests, chain_deployment=self.chain_deployment,
+        outcomes = {o.key: o for o in await run_chains(requests, self.deps, chain_deployment=self.chain_deployment,
                                                        batch_deployment=self.batch_deployment, storm_threshold=1)}
         for request in requests:
             outcome = outcomes.get(request.key)

@@ -92,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return {"config": args.config, "kubeconfig": args.kubeconfig, "context": args.context}
+    return {name: getattr(args, name, None) for name in ("config", "kubeconfig", "context")}
 
 
 def _scan(args: argparse.Namespace) -> int:
@@ -138,58 +138,80 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_flows(args: argparse.Namespace) -> None:
-    """Load and check the settings, then make them the runtime of this process's flows."""
+def _prepare_flows(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> None:
+    """Load and check the settings, build this process's dependencies and install them for the flows
+    it runs in-process."""
     from policyflow import settings as settings_module
 
-    settings, routing = settings_module.load(_overrides(args))
+    settings, routing = settings_module.load({**_overrides(args), **(overrides or {})})
     if routing.is_empty:
         raise ConfigError("no route: set POLICYFLOW_DEFAULT_WORKFLOW or give routes in --config")
     if settings.testkube_url is None:
         raise ConfigError("POLICYFLOW_TESTKUBE_URL is not set: point it at the Testkube API")
-    # A temporary Prefect server started for this run has no business sending telemetry (and its
-    # telemetry job races the run for the SQLite database, printing tracebacks).
+    # Prefect's own settings, for Prefect (and a temporary server it may start in a subprocess): no
+    # telemetry from such a server (its telemetry job races the run for the SQLite database), and
+    # policyflow's log lines ("started execution smoke-nova-3") in the run's logs in the UI.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # policyflow's own log lines ("started execution smoke-nova-3") belong in the run's logs in the UI.
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "policyflow")
     # Imported here: Prefect costs seconds to import, and scan/--help need none of it.
-    from tasks import runtime
+    from policyflow import bootstrap
 
-    runtime.install(runtime.build(settings, routing))
+    _quiet_expected_tracebacks(args.log_level)
+    bootstrap.install(bootstrap.build(settings, routing))
 
 
-def _run_once(args: argparse.Namespace) -> int:
+def _quiet_expected_tracebacks(level: str) -> None:
+    """A step that fails for a reason policyflow expects (a refused token, an unknown workflow) is one
+    line, like every other user mistake; Prefect's engines would log its traceback. ``--log-level
+    DEBUG`` keeps them; an unexpected error keeps its traceback whatever the level."""
+    if level == "DEBUG":
+        return
+
+    def one_line(record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], PolicyflowError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logger = logging.getLogger(name)
+        if one_line not in logger.filters:
+            logger.addFilter(one_line)
+
+
+def run_cycle(args: argparse.Namespace, *, retry_failed: bool = False, overrides: dict[str, Any] | None = None) -> int:
+    """``run-once`` (or ``retry-failed``): one cycle in this process; its table; its exit status."""
     import asyncio
 
-    _prepare_flows(args)
-    from flows.policy_watch import policy_watch
+    _prepare_flows(args, overrides)
+    if retry_failed:
+        from flows.retry_failed import retry_failed_triggers
 
-    return _print_outcomes(asyncio.run(policy_watch()))
+        return _print_outcomes(asyncio.run(retry_failed_triggers()))
+    from flows.poll import poll_reports
 
-
-def _retry_failed(args: argparse.Namespace) -> int:
-    import asyncio
-
-    _prepare_flows(args)
-    from flows.retry_failed import retry_failed_triggers
-
-    return _print_outcomes(asyncio.run(retry_failed_triggers()))
+    return _print_outcomes(asyncio.run(poll_reports()))
 
 
 def _print_outcomes(summary: Any) -> int:
     from tabulate import tabulate
 
     from policyflow.domain.outcome import exit_status
+    from policyflow.domain.status import Outcome
 
-    rows = [[o.violation, o.workflow or "-", o.execution or "-", o.status,
+    rows = [[o.violation, o.workflow or "-", o.execution or "-", o.status.value,
              f"{o.duration_s:.1f}s" if o.duration_s is not None else "-"] for o in summary.outcomes]
     if rows:
         print(tabulate(rows, headers=["violation", "workflow", "execution", "status", "duration"]))
     else:
         print("nothing new")
-    for outcome in summary.outcomes:
-        if outcome.detail and outcome.status in ("error", "unfinished"):
-            print(f"policyflow: {outcome.violation}: {outcome.detail}", file=sys.stderr)
+    halted = next((o for o in summary.outcomes if o.halt), None)
+    if halted is not None:
+        left = sum(1 for o in summary.outcomes if o.status in (Outcome.UNFINISHED, Outcome.REFUSED))
+        print(f"policyflow: stopped: {halted.detail}; {left} violation(s) left for the next cycle", file=sys.stderr)
+    else:
+        for outcome in summary.outcomes:
+            if outcome.detail and outcome.status in (Outcome.ERROR, Outcome.UNFINISHED, Outcome.REFUSED):
+                print(f"policyflow: {outcome.violation}: {outcome.detail}", file=sys.stderr)
     return exit_status(summary.outcomes)
 
 
@@ -221,8 +243,9 @@ def _watch(args: argparse.Namespace) -> int:
 
     _prepare_flows(args)
     from flows.watching import watch
+    from policyflow import bootstrap
 
-    asyncio.run(watch(resync_seconds=args.resync, chain_deployment=args.chain_deployment,
+    asyncio.run(watch(bootstrap.for_flows(), resync_seconds=args.resync, chain_deployment=args.chain_deployment,
                       batch_deployment=args.batch_deployment))
     return 0
 
@@ -233,7 +256,7 @@ def _history(args: argparse.Namespace) -> int:
     from policyflow import settings as settings_module
 
     settings, routing = settings_module.load(_overrides(args))
-    from tasks.history import recent_history
+    from policyflow.history import recent_history
 
     rows = recent_history(settings, routing, limit=args.limit)
     print(tabulate(rows, headers="keys") if rows else "no violation runs yet")
@@ -248,13 +271,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "scan":
             return _scan(args)
         if args.command == "run-once":
-            return _run_once(args)
+            return run_cycle(args)
         if args.command == "serve":
             return _serve(args)
         if args.command == "watch":
             return _watch(args)
         if args.command == "retry-failed":
-            return _retry_failed(args)
+            return run_cycle(args, retry_failed=True)
         if args.command == "history":
             return _history(args)
         if args.command == "check":
@@ -266,7 +289,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from policyflow.demo import run_demo, serve_demo
 
             if args.once:
-                return run_demo(lambda argv: main(list(argv)), cycles=args.cycles)
+                return run_demo(lambda settings: run_cycle(args, overrides=settings), cycles=args.cycles)
             import tempfile
 
             home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="policyflow-prefect-"))

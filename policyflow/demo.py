@@ -46,7 +46,7 @@ def _example(name: str) -> dict[str, Any]:
 
 
 class Scenario:
-    """The stand-ins, loaded with the seed's scenario, and the environment that points policyflow at them."""
+    """The stand-ins, loaded with the seed's scenario, and the settings that point policyflow at them."""
 
     def __init__(self, workdir: Path) -> None:
         crds = sorted(_data("crds").glob("*.yaml"))
@@ -62,12 +62,13 @@ class Scenario:
         passing = self.kube.create(deployment("web-ok", cpu="250m"))
         self.kube.create(report_for(_example("policyreport-pass.yaml"), passing))
         kubeconfig = self.kube.write_kubeconfig(self.workdir / "kubeconfig")
-        os.environ.update({
-            "POLICYFLOW_KUBECONFIG": str(kubeconfig),
-            "POLICYFLOW_TESTKUBE_URL": self.testkube.url,
-            "POLICYFLOW_POLL_INTERVAL": "0.5",
-        })
-        os.environ.setdefault("POLICYFLOW_DEFAULT_WORKFLOW", "smoke-nova")
+        #: policyflow's settings for this scenario (a user's POLICYFLOW_DEFAULT_WORKFLOW wins).
+        self.settings: dict[str, str] = {
+            "kubeconfig": str(kubeconfig),
+            "testkube_url": self.testkube.url,
+            "poll_interval": "0.5",
+            "default_workflow": os.environ.get("POLICYFLOW_DEFAULT_WORKFLOW") or "smoke-nova",
+        }
         print(f"Kubernetes API stand-in: {self.kube.url}  (kubeconfig: {kubeconfig})")
         print(f"Testkube API stand-in:   {self.testkube.base_url}  (TestWorkflow: smoke-nova)")
         print(f"Loaded: Deployment default/nginx-no-cpu (cpu 100m) and its failing PolicyReport "
@@ -98,7 +99,9 @@ def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: i
         stack.callback(_uninterrupted, server.stop)  # registered first: also if Ctrl-C comes while it starts
         print(f"Starting a local Prefect server (SQLite in {home}) ...")
         server.start()
-        stack.enter_context(Scenario(workdir))
+        scenario = stack.enter_context(Scenario(workdir))
+        # Served runs are processes of their own: the environment is how their settings reach them.
+        os.environ.update({f"POLICYFLOW_{name.upper()}": value for name, value in scenario.settings.items()})
         os.environ["PREFECT_API_URL"] = server.api_url
         print(f"\nPrefect UI: {server.url}\n")
         print(f"  Runs:      {server.url}/runs  (policy-watch polls every {interval:.0f} s;"
@@ -106,7 +109,8 @@ def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: i
         print("             is named require-resources/require-resources-in-deployment "
               "default/Deployment/nginx-no-cpu)")
         print(f"  Artifacts: {server.url}/artifacts")
-        print("  By hand:   Deployments > handle-violation > Run, with report_name, report_namespace, policy, rule;")
+        print("  By hand:   Deployments > handle-violation > Run, with the violation's report_name, report_namespace,")
+        print("             policy and rule;")
         print("             any violation run > Retry (the chain resumes; Testkube never runs twice for one episode)")
         print("\nCtrl-C stops everything.\n")
         sys.stdout.flush()
@@ -144,8 +148,9 @@ def _uninterrupted(stop: Callable[[], None]) -> None:
             signal.signal(sig, handler)
 
 
-def run_demo(run_cli: Callable[[Sequence[str]], int], *, cycles: int = 2) -> int:
-    """Start the stand-ins, load the seed's scenario, run ``cycles`` detection cycles; the last exit status."""
+def run_demo(run_cycle: Callable[[dict[str, Any]], int], *, cycles: int = 2) -> int:
+    """Start the stand-ins, load the seed's scenario, run ``cycles`` detection cycles (``run_cycle``
+    with the scenario's settings: ``policyflow run-once``); the last exit status."""
     print(BANNER)
     workdir = Path(tempfile.mkdtemp(prefix="policyflow-demo-"))
     with Scenario(workdir) as scenario:
@@ -153,7 +158,7 @@ def run_demo(run_cli: Callable[[Sequence[str]], int], *, cycles: int = 2) -> int
         code = 0
         for cycle in range(1, cycles + 1):
             print(f"--- cycle {cycle}: policyflow run-once")
-            code = run_cli(["run-once"])
+            code = run_cycle(scenario.settings)
             print(f"(exit status {code})\n")
         now = kube.get("wgpolicyk8s.io/v1alpha2", "PolicyReport", report["metadata"]["name"], "default") or {}
         print("--- what policyflow recorded on the report (metadata.annotations):")

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from policyflow.clients.kube import ForbiddenError, KubeClient
-from policyflow.domain.errors import NotFoundError
-from policyflow.domain.ledger import Action, Planned, Record, Status, plan_report, read_records
+from policyflow.clients.kube import KubeClient
+from policyflow.domain.errors import ForbiddenError, NotFoundError
+from policyflow.domain.ledger import Action, Planned, Record, plan_report, read_records
 from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Violation
 from policyflow.domain.reports import ViolationFilter, parse_report
 from policyflow.domain.routing import RoutedTest, RoutingTable
+from policyflow.domain.status import Status
 from policyflow.settings import Settings
 
 log = logging.getLogger(__name__)

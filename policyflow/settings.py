@@ -25,6 +25,7 @@ from policyflow.domain.errors import ConfigError, one_line
 from policyflow.domain.model import ResultKind
 from policyflow.domain.reports import ViolationFilter
 from policyflow.domain.routing import Route, RoutingTable
+from policyflow.retry import RetryPolicy
 
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
 
     # --- The chain ------------------------------------------------------------------------------
     await_timeout: float = Field(1800.0, gt=0, description="Seconds to wait for a test's result")
+    await_unreachable: float = Field(
+        300.0, gt=0,
+        description="Seconds of consecutive failures polling an execution before await-result fails (its Retry "
+        "waits on the same execution)",
+    )
     poll_interval: float = Field(2.0, gt=0, description="First wait between execution polls (backs off)")
     poll_interval_max: float = Field(30.0, gt=0, description="Longest wait between execution polls")
     retries: int = Field(4, ge=0, le=20, description="Retries of a step after a transient error")
@@ -134,6 +140,10 @@ class Settings(BaseSettings):
     def kube_options(self) -> dict[str, Any]:
         """How to reach the cluster, as ``KubeClient.connect`` takes it."""
         return {"kubeconfig": self.kubeconfig, "context": self.context, "ca_file": self.kube_ca_file}
+
+    def retry_policy(self) -> RetryPolicy:
+        """The one retry policy of steps and record writes, as these settings say."""
+        return RetryPolicy(retries=self.retries, delay=self.retry_delay)
 
     def dashboard_url(self) -> str | None:
         """The Testkube dashboard base for links: explicit, else Testkube Cloud's for the org/env."""

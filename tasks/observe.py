@@ -3,11 +3,9 @@ the global concurrency limit that keeps a storm of violations from flooding Test
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from contextvars import ContextVar
 from typing import Any
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
@@ -52,7 +50,7 @@ def violation_detected(violation: Violation, episode: int) -> None:
     )
 
 
-def emit_test_event(name: str, record: Record, *, namespace: str | None, url: str | None = None) -> None:
+def _emit_test_event(name: str, record: Record, *, namespace: str | None, url: str | None = None) -> None:
     """Emit ``policyflow.test.started`` / ``policyflow.test.finished`` (status in the resource labels,
     so an automation can match ``policyflow.status: failed`` without code)."""
     resource = _resource(record.key, f"{record.policy}/{record.rule} {record.resource}", record.policy,
@@ -67,15 +65,23 @@ def emit_test_event(name: str, record: Record, *, namespace: str | None, url: st
     )
 
 
+class PrefectObserver:
+    """What a chain tells Prefect: ``policyflow.test.*`` events (automations match on them) and the
+    violation run's artifact (the chain's :class:`~policyflow.chain.deps.Observer`)."""
 
+    def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+        _emit_test_event(EVENT_STARTED, record, namespace=namespace, url=url)
 
-async def violation_artifact(violation: Violation, record: Record, *, url: str | None) -> None:
-    """The markdown artifact of a violation's run: the Testkube execution and its result."""
-    await acreate_markdown_artifact(
-        markdown=execution_markdown(violation, record, url=url),
-        key=f"violation-{violation.key}",
-        description=f"Testkube execution for {escape(violation.title)}",
-    )
+    def test_finished(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+        _emit_test_event(EVENT_FINISHED, record, namespace=namespace, url=url)
+
+    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None) -> None:
+        """The markdown artifact of a violation's run: the Testkube execution and its result."""
+        await acreate_markdown_artifact(
+            markdown=execution_markdown(violation, record, url=url),
+            key=f"violation-{violation.key}",
+            description=f"Testkube execution for {escape(violation.title)}",
+        )
 
 
 async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, int], *,
@@ -83,7 +89,7 @@ async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, i
     """The table artifact of a poll run (keyed, so the Artifacts page keeps its versions)."""
     rows: list[dict[str, Any]] = [
         {"violation": o.violation, "workflow": o.workflow or "", "execution": o.execution or "",
-         "status": o.status, "duration_s": o.duration_s, "detail": o.detail}
+         "status": o.status.value, "duration_s": o.duration_s, "detail": o.detail}
         for o in outcomes
     ]
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
@@ -124,33 +130,8 @@ async def _ensure_testkube_limit(limit: int) -> None:
             )
 
 
-#: Set while a batch holds slots for all of its triggers (each would otherwise take one of its own).
-_slots_held: ContextVar[bool] = ContextVar("policyflow_testkube_slots_held", default=False)
-
-
 @asynccontextmanager
 async def holding_testkube_slots(occupy: int = 1) -> AsyncIterator[None]:
-    """Hold ``occupy`` slots of the Testkube limit (a no-op when the limit does not exist, or when
-    the caller's batch already holds slots for this work)."""
-    if _slots_held.get():
-        yield
-        return
+    """Hold ``occupy`` slots of the Testkube limit (a no-op when the limit does not exist)."""
     async with concurrency(TESTKUBE_LIMIT, occupy=occupy, strict=False):
-        token = _slots_held.set(True)
-        try:
-            yield
-        finally:
-            _slots_held.reset(token)
-
-
-@asynccontextmanager
-async def bounded_here(gate: asyncio.Semaphore) -> AsyncIterator[None]:
-    """Bound Testkube starts by ``gate`` (this process) instead of the global limit: for the watch's
-    immediate starts, which must not wait on a Prefect API call (one 503 from a busy server costs
-    Prefect's client a 2 s backoff, twice the latency goal)."""
-    async with gate:
-        token = _slots_held.set(True)
-        try:
-            yield
-        finally:
-            _slots_held.reset(token)
+        yield

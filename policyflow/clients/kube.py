@@ -6,9 +6,10 @@ Configuration (kubeconfig, ``--context``, in-cluster service account, TLS) comes
 ``kubectl`` users expect. Responses are decoded straight from JSON into dicts: building the
 client's model objects for tens of thousands of reports costs more than the LIST itself.
 
-Every failure is raised as a typed error: :class:`TransientError` (connection trouble, 409, 429,
-5xx: retried) or :class:`PermanentError` (401, 403 naming the verb and resource RBAC refused, 404,
-400/422: not retried).
+Every failure is raised as a typed error carrying the HTTP status, the Status object's reason and
+causes, and Retry-After: :class:`TransientError` (connection trouble, 409, 429, 5xx: retried) or
+:class:`PermanentError` (401 and 403, naming the verb and resource RBAC refused, are refusals of
+policyflow itself; 404; 422 ``Too long`` on annotations; 400/422: not retried).
 """
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.config.config_exception import ConfigException
 
-from policyflow.domain.errors import ConfigError, NotFoundError, PermanentError, TransientError, parse_retry_after
+from policyflow.domain.errors import (
+    AnnotationsFullError,
+    ConfigError,
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PermanentError,
+    TransientError,
+    UnauthorizedError,
+    parse_retry_after,
+)
 from policyflow.domain.model import ReportKind, ReportRef, ResourceRef
 
 log = logging.getLogger(__name__)
@@ -42,10 +53,6 @@ class KubeError(PermanentError):
 
 class KubeUnavailable(TransientError):
     """The cluster did not answer, or answered with a retryable status."""
-
-
-class ForbiddenError(KubeError):
-    """RBAC refused a verb on a resource (403)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,10 +392,6 @@ class KubeClient:
         return bool(((data or {}).get("status") or {}).get("allowed"))
 
 
-class ConflictError(KubeUnavailable):
-    """409 Conflict: the object changed since it was read (a conditional patch lost the race)."""
-
-
 class WatchExpired(KubeError):
     """410 Gone on a watch: the resourceVersion is older than the server keeps; list again."""
 
@@ -401,33 +404,48 @@ class AlreadyExists(KubeError):
     """409 AlreadyExists on a create."""
 
 
-def _error_for(method: str, path: str, status: int, raw: bytes, retry_after: str | None, what: str) -> Exception:
-    body: Any = None
+def _status_of(raw: bytes) -> tuple[str, str, tuple[str, ...]]:
+    """Message, reason and causes of a ``Status`` body (best effort: a proxy may answer anything)."""
     try:
         body = json.loads(raw) if raw else None
     except ValueError:
         body = None
-    message = body.get("message", "") if isinstance(body, dict) else raw[:200].decode("utf-8", "replace").strip()
-    reason = body.get("reason", "") if isinstance(body, dict) else ""
+    if not isinstance(body, dict):
+        return raw[:200].decode("utf-8", "replace").strip(), "", ()
+    details = body.get("details") if isinstance(body.get("details"), dict) else {}
+    causes = tuple(
+        f"{c.get('field', '')}: {c.get('message', '')}".strip(": ")
+        for c in (details or {}).get("causes") or [] if isinstance(c, dict)
+    )
+    return str(body.get("message", "")), str(body.get("reason", "")), causes
+
+
+def _error_for(method: str, path: str, status: int, raw: bytes, retry_after: str | None, what: str) -> Exception:
+    message, reason, causes = _status_of(raw)
     where = f"{method} {path}"
+    fields: dict[str, Any] = {"status": status, "reason": reason, "causes": causes}
     if status == 401:
-        return KubeError(
+        return UnauthorizedError(
             f"the cluster rejected policyflow's credentials (401) on {where}: "
-            "check the kubeconfig user or the service account token"
+            "check the kubeconfig user or the service account token", **fields
         )
     if status == 403:
         return ForbiddenError(
-            f"RBAC forbids {what or where}: {message or 'forbidden'}; grant it in policyflow's ClusterRole"
+            f"RBAC forbids {what or where}: {message or 'forbidden'}; grant it in policyflow's ClusterRole", **fields
         )
     if status == 404:
-        return NotFoundError(f"not found: {where}" + (f" ({message})" if message else ""))
+        return NotFoundError(f"not found: {where}" + (f" ({message})" if message else ""), **fields)
     if status == 410 and "continue" in message:
-        return ContinueExpired(f"{where}: {message}")
+        return ContinueExpired(f"{where}: {message}", **fields)
     if status == 409 and reason == "AlreadyExists":
-        return AlreadyExists(f"{where}: {message}")
+        return AlreadyExists(f"{where}: {message}", **fields)
     if status == 409:
-        return ConflictError(f"cluster answered 409 Conflict on {where}: {message}")
-    if status in (409, 429) or status >= 500:
+        return ConflictError(f"cluster answered 409 Conflict on {where}: {message}", **fields)
+    if (status == 422 and any(c.startswith("metadata.annotations") and "Too long" in c for c in causes)) or (
+        status == 422 and "metadata.annotations" in message and "Too long" in message
+    ):
+        return AnnotationsFullError(f"{where}: the annotations would pass 256 KiB ({message})", **fields)
+    if status == 429 or status >= 500:
         return KubeUnavailable(f"cluster answered {status} on {where}: {message or reason}",
-                               retry_after=parse_retry_after(retry_after))
-    return KubeError(f"cluster refused {where} ({status} {reason}): {message}")
+                               retry_after=parse_retry_after(retry_after), **fields)
+    return KubeError(f"cluster refused {where} ({status} {reason}): {message}", **fields)

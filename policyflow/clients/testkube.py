@@ -17,7 +17,6 @@ import functools
 import logging
 import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,23 +25,21 @@ from urllib.parse import quote
 import httpx
 
 from policyflow.domain.errors import (
+    AlreadyFinishedError,
+    ForbiddenError,
     NotFoundError,
     PermanentError,
     TransientError,
+    UnauthorizedError,
     UnknownWorkflowError,
+    ViolationError,
     one_line,
     parse_retry_after,
 )
+from policyflow.domain.status import EXECUTION_STATUSES, EXECUTION_TERMINAL
+from policyflow.domain.testrun import Execution
 
 log = logging.getLogger(__name__)
-
-#: Execution statuses after which nothing more happens (SOURCES 3.6: ``stopping`` is NOT terminal).
-TERMINAL = frozenset({"passed", "failed", "aborted", "canceled"})
-#: Every status the agent can report (SOURCES 3.6).
-KNOWN = TERMINAL | {
-    "queued", "assigned", "starting", "scheduling", "running", "pausing", "paused", "resuming", "stopping",
-}
-_GO_ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 class TestkubeError(PermanentError):
@@ -61,26 +58,18 @@ class TestkubeProtocolError(TestkubeError):
     """Testkube answered something that is not a TestWorkflowExecution."""
 
 
-class TokenRefusedError(TestkubeError):
+class TokenRefusedError(UnauthorizedError):
     """Testkube refused the token (401)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Execution:
-    """What policyflow needs of a TestWorkflowExecution (or of its summary in a list)."""
+class TestkubeForbiddenError(ForbiddenError):
+    """The token's role may not do this (403)."""
 
-    id: str
-    name: str
-    workflow: str
-    status: str
-    tags: dict[str, str]
-    scheduled_at: str | None = None
-    finished_at: str | None = None
-    duration_ms: int | None = None
+    __test__ = False
 
-    @property
-    def finished(self) -> bool:
-        return self.status in TERMINAL
+
+class RunRequestRefusedError(ViolationError):
+    """Testkube refused this violation's run request (400/422: e.g. a config value the workflow rejects)."""
 
 
 def _time(value: Any) -> str | None:
@@ -100,7 +89,7 @@ def parse_execution(data: Any) -> Execution:
     result = data.get("result") if isinstance(data.get("result"), Mapping) else {}
     assert isinstance(result, Mapping)
     status = result.get("status") or "queued"
-    if not isinstance(status, str) or status not in KNOWN:
+    if not isinstance(status, str) or status not in EXECUTION_STATUSES:
         raise TestkubeProtocolError(
             f"Testkube execution {one_line(execution_id, 64)} has status {one_line(repr(status), 64)}, which "
             "policyflow does not know; upgrade policyflow or check the Testkube version"
@@ -118,7 +107,7 @@ def parse_execution(data: Any) -> Execution:
         tags={str(k): str(v) for k, v in tags.items()},
         scheduled_at=_time(data.get("scheduledAt")),
         finished_at=_time(result.get("finishedAt")),
-        duration_ms=duration if isinstance(duration, int) and status in TERMINAL else None,
+        duration_ms=duration if isinstance(duration, int) and status in EXECUTION_TERMINAL else None,
     )
 
 
@@ -232,9 +221,8 @@ class TestkubeClient:
         """Abort a running execution (one that already finished is left alone)."""
         try:
             await self._call("POST", f"/test-workflow-executions/{quote(execution_id, safe='')}/abort")
-        except TestkubeError as exc:
-            if "already finished" not in str(exc):
-                raise
+        except AlreadyFinishedError:
+            log.info("execution %s had already finished; nothing to abort", execution_id)
 
     async def list_workflows(self) -> list[str]:
         """The names of the TestWorkflows Testkube has (a GET that needs the token, so also an auth probe)."""
@@ -261,36 +249,45 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def _problem_detail(response: httpx.Response) -> str:
+def _problem_detail(response: httpx.Response) -> tuple[str, str]:
+    """The RFC 7807 body's ``detail`` and ``title`` (SOURCES 3.9), or the start of a non-JSON body."""
     try:
         body = response.json()
     except ValueError:
-        return response.text[:200].strip()
+        return response.text[:200].strip(), ""
     if isinstance(body, Mapping):
-        return str(body.get("detail") or body.get("title") or "")[:500]
-    return ""
+        return str(body.get("detail") or body.get("title") or "")[:500], str(body.get("title") or "")[:100]
+    return "", ""
 
 
 def _error_for(method: str, path: str, response: httpx.Response) -> Exception:
     status = response.status_code
-    detail = _problem_detail(response)
+    detail, title = _problem_detail(response)
     where = f"{method} {path}"
+    fields: dict[str, Any] = {"status": status, "reason": title, "causes": (detail,) if detail else ()}
+    run_request = method == "POST" and path.endswith("/executions")
     if status == 401:
         return TokenRefusedError(
             f"Testkube rejected the token (401) on {where}: set a valid POLICYFLOW_TESTKUBE_TOKEN "
-            "(or POLICYFLOW_TESTKUBE_TOKEN_BLOCK)"
+            "(or POLICYFLOW_TESTKUBE_TOKEN_BLOCK)", **fields
         )
     if status == 403:
-        return TestkubeError(f"Testkube forbids {where} (403): give the token's role access to run TestWorkflows")
+        return TestkubeForbiddenError(
+            f"Testkube forbids {where} (403): give the token's role access to run TestWorkflows", **fields
+        )
     if status == 404:
-        return NotFoundError(f"Testkube has no {path} (404): {detail}")
-    if status == 500 and method == "POST" and path.endswith("/executions") and "not found" in detail.lower():
+        return NotFoundError(f"Testkube has no {path} (404): {detail}", **fields)
+    if status == 500 and run_request and "not found" in detail.lower():
         # The agent answers an unknown workflow with 500, not 404 (SOURCES 3.8).
         workflow = path.split("/")[2]
         return UnknownWorkflowError(
-            f"Testkube has no TestWorkflow {workflow!r} ({detail}); create it or fix the route's workflow"
+            f"Testkube has no TestWorkflow {workflow!r} ({detail}); create it or fix the route's workflow", **fields
         )
-    if status in (409, 429) or status >= 500:
+    if path.endswith("/abort") and "finished" in detail.lower():
+        return AlreadyFinishedError(f"Testkube: {where}: {detail}", **fields)
+    if status == 429 or status >= 500 or status == 409:
         return TestkubeUnavailable(f"Testkube answered {status} on {where}: {detail}",
-                                   retry_after=parse_retry_after(response.headers.get("Retry-After")))
-    return TestkubeError(f"Testkube refused {where} ({status}): {detail}")
+                                   retry_after=parse_retry_after(response.headers.get("Retry-After")), **fields)
+    if run_request and status in (400, 422):
+        return RunRequestRefusedError(f"Testkube refused the run request {where} ({status}): {detail}", **fields)
+    return TestkubeError(f"Testkube refused {where} ({status}): {detail}", **fields)

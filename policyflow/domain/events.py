@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from policyflow.domain.ledger import Record, Status
+from policyflow.domain.ledger import Record
 from policyflow.domain.model import Violation
+from policyflow.domain.status import Status
 
 REASONS = {
     Status.QUEUED: "PolicyTestStarted",

@@ -22,31 +22,11 @@ from enum import StrEnum
 from typing import Any
 
 from policyflow.domain.model import KEY_LENGTH, Violation
+from policyflow.domain.status import FINISHED as FINISHED
+from policyflow.domain.status import IN_FLIGHT as IN_FLIGHT
+from policyflow.domain.status import Status as Status  # a record's status; re-exported for its readers
 
 ANNOTATION_PREFIX = "policyflow.io/"
-
-
-class Status(StrEnum):
-    """A violation's state as recorded on its report."""
-
-    PENDING = "pending"  # detected, no test started yet (or its start was not confirmed)
-    QUEUED = "queued"  # the test run exists on Testkube
-    RUNNING = "running"
-    PASSED = "passed"
-    FAILED = "failed"
-    ABORTED = "aborted"
-    CANCELED = "canceled"
-    TIMEDOUT = "timedout"  # policyflow stopped waiting; the run itself may still finish later
-    RESOLVED = "resolved"  # the failure went away; no test (or no more test) for this episode
-    ERROR = "error"  # the chain hit a permanent error (unknown workflow, token refused, ...)
-
-
-#: States in which the episode's chain has not finished: the next cycle resumes it.
-IN_FLIGHT = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING})
-#: States that end an episode's test: the violation is handled until it changes or goes away.
-FINISHED = frozenset(
-    {Status.PASSED, Status.FAILED, Status.ABORTED, Status.CANCELED, Status.TIMEDOUT, Status.ERROR}
-)
 
 
 def annotation_name(key: str) -> str:
@@ -76,6 +56,9 @@ class Record:
     #: Which process wrote an in-flight record (host:pid:nonce): another one leaves it alone while
     #: ``updated`` is younger than the lease.
     owner: str | None = None
+    #: A digest of what the route ran (workflow and config) when the record was claimed: a record
+    #: of an ``error`` is tried again once its route runs something else.
+    route: str | None = None
 
     @property
     def episode_id(self) -> str:
@@ -119,6 +102,7 @@ class Record:
                 finished=_opt_str(data.get("finished")),
                 error=_opt_str(data.get("error")),
                 owner=_opt_str(data.get("owner")),
+                route=_opt_str(data.get("route")),
             )
         except KeyError as exc:
             raise ValueError(f"field {exc.args[0]!r} is missing") from None

@@ -6,18 +6,12 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from policyflow.domain.ledger import Status
+from policyflow.domain.status import NOT_PASSED, UNFINISHED, Outcome
 
 EXIT_OK = 0
 EXIT_TEST_NOT_PASSED = 1
 EXIT_USAGE = 2
 EXIT_UNFINISHED = 3
-
-#: Chain outcomes that are not a ledger status: nothing was (or could be) run.
-UNROUTED = "unrouted"
-UNFINISHED = "unfinished"  # a transient error outlasted the retries; the next cycle resumes it
-BUSY = "busy"  # another policyflow process is running this violation's chain right now
-SUBMITTED = "submitted"  # scheduled as a deployment run for a served process or worker to run
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,23 +22,23 @@ class ChainOutcome:
     violation: str
     workflow: str | None
     execution: str | None
-    status: str
+    status: Outcome
     duration_s: float | None = None
     detail: str = ""
+    #: The cause is not this violation's (policyflow refused, a system down): the cycle stops early.
+    halt: bool = False
 
 
 def exit_status(outcomes: Iterable[ChainOutcome]) -> int:
     """0: every chain finished and every test passed; 1: some test did not pass; 3: some chain did not finish."""
     statuses = [o.status for o in outcomes]
-    if any(s in (UNFINISHED, Status.ERROR.value, Status.PENDING.value, Status.QUEUED.value,
-                 Status.RUNNING.value) for s in statuses):
+    if any(s in UNFINISHED for s in statuses):
         return EXIT_UNFINISHED
-    not_passed = {Status.FAILED, Status.ABORTED, Status.CANCELED, Status.TIMEDOUT}
-    if any(s in not_passed for s in statuses):
+    if any(s in NOT_PASSED for s in statuses):
         return EXIT_TEST_NOT_PASSED
     return EXIT_OK
 
 
 def count_statuses(outcomes: Iterable[ChainOutcome]) -> dict[str, int]:
     """How many chains ended in each status (for logs and artifacts)."""
-    return dict(Counter(o.status for o in outcomes))
+    return dict(Counter(o.status.value for o in outcomes))

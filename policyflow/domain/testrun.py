@@ -1,13 +1,16 @@
-"""The Testkube execution request for one episode of a violation (pure)."""
+"""A violation's test run on Testkube (pure): the execution request for one episode, and what
+policyflow knows of an execution."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 from policyflow.domain.model import Violation
 from policyflow.domain.routing import RoutedTest
+from policyflow.domain.status import EXECUTION_TERMINAL, Status, status_of_execution
 
 #: The tag the Argo Events pipeline sent; kept so dashboards and filters built on it keep working.
 TAG_REPORT_NAME = "PolicyViolationName"
@@ -64,3 +67,28 @@ def execution_url(*, dashboard: str | None, api_base: str, workflow: str, execut
         path = f"test-workflows/{quote(workflow, safe='')}/execution/{quote(execution_id, safe='')}"
         return f"{dashboard.rstrip('/')}/{path}"
     return f"{api_base.rstrip('/')}/test-workflow-executions/{quote(execution_id, safe='')}"
+
+
+@dataclass(frozen=True, slots=True)
+class Execution:
+    """What policyflow needs of a TestWorkflowExecution (or of its summary in a list)."""
+
+    id: str
+    name: str
+    workflow: str
+    #: Testkube's own status (one of ``EXECUTION_STATUSES``).
+    status: str
+    tags: dict[str, str]
+    scheduled_at: str | None = None
+    finished_at: str | None = None
+    duration_ms: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether Testkube will not change its status any more."""
+        return self.status in EXECUTION_TERMINAL
+
+    @property
+    def ledger_status(self) -> Status:
+        """The status a record of this execution says."""
+        return status_of_execution(self.status)

@@ -268,9 +268,11 @@ def test_transient_testkube_errors_are_retried(
     assert len(posts(testkube)) == 3
 
 
-def test_refused_token_is_permanent_and_says_so(
+def test_refused_token_stops_the_cycle_records_no_error_and_the_next_cycle_tests_it(
     policyflow: Policyflow, kube: KubeStandin, failing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A refusal that is not the violation's fault: one line, exit 3, nothing recorded as ``error``;
+    once the token is fixed, the next cycle tests the violation (no retry-failed needed)."""
     from policyflow.standins.testkube import TestkubeStandin
 
     with TestkubeStandin(workflows=["smoke-nova"], token="tkcapi_right") as guarded:
@@ -279,12 +281,22 @@ def test_refused_token_is_permanent_and_says_so(
         result = policyflow("run-once")
         assert result.code == 3
         assert "POLICYFLOW_TESTKUBE_TOKEN" in result.err
+        # A traceback ends with the exception's qualified name (the engine's would: "...TokenRefusedError: ...").
+        assert "testkube.TokenRefusedError:" not in result.err + result.out
+        (line,) = [line for line in result.err.splitlines() if line.startswith("policyflow:")]
+        assert "stopped" in line
         assert "tkcapi_wrong_token_value" not in result.err + result.out
         assert len(guarded.requests) == 1, "a 401 is not retried"
         assert guarded.executions == []
+        records = list(records_on(current(kube, failing)).values())
+        assert all(r["status"] != "error" for r in records), records
+
+        monkeypatch.setenv("POLICYFLOW_TESTKUBE_TOKEN", "tkcapi_right")
+        fixed = policyflow("run-once")
+        assert fixed.code == 0, fixed.err
+        assert len(guarded.executions) == 1
     (record,) = records_on(current(kube, failing)).values()
-    assert record["status"] == "error"
-    assert "token" in record["error"]
+    assert record["status"] == "passed"
 
 
 def test_cloud_paths_and_bearer_token(

@@ -8,9 +8,11 @@ from typing import Any
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
+from pydantic import ValidationError
 
 from policyflow.clients.kube import KubeClient
 from policyflow.domain.ledger import Record
+from policyflow.domain.ref import Identity, ViolationRef
 from policyflow.domain.routing import RoutingTable
 from policyflow.scanning import scan_cluster
 from policyflow.settings import Settings
@@ -30,18 +32,21 @@ def recent_history(settings: Settings, routing: RoutingTable, *, limit: int = 50
         scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC), lease_seconds=settings.claim_lease)
     finally:
         kube.close()
-    records: dict[tuple[str, str, str, str], Record] = {}
+    records: dict[Identity, Record] = {}
     for finding in scan.findings:
-        v, record = finding.violation, finding.planned.record
-        if record is not None:
-            records[(v.report.name, v.policy, v.rule, v.resource.uid or "")] = record
-    for report, record in scan.resolved:
-        records.setdefault((report.name, record.policy, record.rule, ""), record)
+        if finding.planned.record is not None:
+            records[ViolationRef.of(finding.violation).identity] = finding.planned.record
+    gone: dict[tuple[str, str, str, str, str], Record] = {
+        (report.kind.kind, report.namespace or "", report.name, record.policy, record.rule): record
+        for report, record in scan.resolved
+    }
     rows = []
     for run in runs:
-        p = run.parameters
-        record = records.get((str(p.get("report_name")), str(p.get("policy")), str(p.get("rule")),
-                              str(p.get("resource_uid") or "")))
+        try:
+            ref: ViolationRef | None = ViolationRef.model_validate(run.parameters.get("violation"))
+        except ValidationError:
+            ref = None  # a run of an older form
+        record = None if ref is None else records.get(ref.identity) or gone.get(ref.identity[:5])
         rows.append({
             "violation": run.name,
             "run": run.state.name if run.state else "?",

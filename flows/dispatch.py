@@ -1,5 +1,10 @@
-"""Running many violations' chains from one flow run: bounded concurrency, in this process, each as
-its own ``handle-violation`` flow run (a run of its deployment when one is given)."""
+"""Running many violations' chains from one flow run: each as its own ``handle-violation`` run (a run
+of its deployment when one is given), in this process with bounded concurrency; a storm in
+``handle-violations`` batches; or, for scale-out, submitted for served processes and workers to run.
+
+A chain whose cause is not its own (policyflow refused, a system down) stops the cycle: the chains
+not started yet are left for the next cycle, which tests them once the cause is fixed.
+"""
 
 from __future__ import annotations
 
@@ -24,16 +29,19 @@ from prefect.client.schemas.objects import State, StateType
 from prefect.exceptions import ObjectNotFound
 from prefect.flow_engine import run_flow_async
 from prefect.states import Pending
+from pydantic import ValidationError
 
 from flows.handle_violation import handle_violation
 from flows.handle_violations import handle_violations
 from policyflow import metrics
+from policyflow.chain.deps import Deps
+from policyflow.domain.decisions import unfinished_outcome
 from policyflow.domain.errors import PermanentError
 from policyflow.domain.model import Violation
-from policyflow.domain.outcome import SUBMITTED, UNFINISHED, ChainOutcome
+from policyflow.domain.outcome import ChainOutcome
+from policyflow.domain.ref import Identity, ViolationRef
+from policyflow.domain.status import Outcome
 from tasks import observe
-from tasks.chain import failed_outcome
-from tasks.runtime import current
 
 log = logging.getLogger("policyflow.flows")
 
@@ -43,37 +51,48 @@ PREFECT_API_FAILED = "Prefect API"
 
 @dataclass(frozen=True)
 class ChainRequest:
-    """One ``handle-violation`` run to make: its parameters, name and tags."""
+    """One violation's chain to run: which violation, its key, and the workflow its route chose."""
 
+    ref: ViolationRef
     key: str
-    title: str
-    parameters: dict[str, Any]
     workflow: str | None = None
+    retry: bool = False
     tags: list[str] = field(default_factory=list)
 
     @classmethod
     def for_violation(cls, violation: Violation, workflow: str | None, *, retry: bool = False) -> ChainRequest:
         """The run for ``violation``, named and tagged after it (no secrets, nothing derived)."""
-        parameters: dict[str, Any] = {
-            "report_name": violation.report.name,
-            "report_namespace": violation.report.namespace,
-            "report_kind": violation.report.kind.kind,
-            "policy": violation.policy,
-            "rule": violation.rule,
-            "resource_kind": violation.resource.kind,
-            "resource_name": violation.resource.name,
-            "resource_namespace": violation.resource.namespace,
-            "resource_uid": violation.resource.uid,
-        }
-        if retry:
-            parameters["retry"] = True
-        run_tags = [f"policy:{violation.policy}", f"namespace:{violation.resource.namespace or '-'}"]
-        if workflow:
-            run_tags.append(f"workflow:{workflow}")
-        return cls(violation.key, violation.title, parameters, workflow, run_tags)
+        ref = ViolationRef.of(violation)
+        return cls(ref, violation.key, workflow, retry, ref.tags(workflow))
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The ``handle-violation`` run's parameters."""
+        return {"violation": self.ref.model_dump(), **({"retry": True} if self.retry else {})}
 
 
-async def run_chains(requests: list[ChainRequest], *, chain_deployment: str | None,
+@dataclass
+class Cycle:
+    """One cycle's dispatch: its requests, and whether a chain's outage stopped it."""
+
+    deps: Deps
+    stopped: str = ""
+
+    def not_run(self, request: ChainRequest, why: str) -> ChainOutcome:
+        """The outcome of a chain this cycle did not run: the next cycle resumes it."""
+        return ChainOutcome(request.key, request.ref.title, request.workflow, None, Outcome.UNFINISHED,
+                            detail=f"not run: {why}")
+
+    def heard(self, outcome: ChainOutcome) -> ChainOutcome:
+        """Stop the cycle at the first outage (every other chain would fail the same way)."""
+        if outcome.halt and not self.stopped:
+            self.stopped = outcome.detail
+            log.warning("stopping this cycle: %s; the chains not started yet are left for the next cycle",
+                        outcome.detail)
+        return outcome
+
+
+async def run_chains(requests: list[ChainRequest], deps: Deps, *, chain_deployment: str | None,
                      batch_deployment: str | None = None, storm_threshold: int | None = None) -> list[ChainOutcome]:
     """Run every request's chain, at most ``max_concurrent_chains`` at once; one outcome each.
 
@@ -84,22 +103,22 @@ async def run_chains(requests: list[ChainRequest], *, chain_deployment: str | No
     """
     if not requests:
         return []
-    settings = current().settings
+    settings = deps.settings
     await observe.ensure_testkube_limit(settings.testkube_concurrency)
     storm = len(requests) > (settings.storm_threshold if storm_threshold is None else storm_threshold)
     if settings.chain_dispatch == "submit":
-        return await submit(requests, batch_deployment if storm else chain_deployment, batched=storm)
+        return await submit(requests, deps, batch_deployment if storm else chain_deployment, batched=storm)
+    cycle = Cycle(deps)
     if storm:
-        return await _run_batches(requests, batch_deployment)
+        return await _run_batches(requests, cycle, batch_deployment)
     deployment_id = await _deployment_id(chain_deployment)
     gate = asyncio.Semaphore(settings.max_concurrent_chains)
-    return list(await asyncio.gather(*(_run_one(r, gate, deployment_id) for r in requests)))
+    return list(await asyncio.gather(*(_run_one(r, cycle, gate, deployment_id) for r in requests)))
 
 
-def _batches(requests: list[ChainRequest]) -> list[list[ChainRequest]]:
-    """One rule's storm stays together (the run is named after it); batches of ``batch_size``."""
-    size = current().settings.batch_size
-    ordered = sorted(requests, key=lambda r: (r.parameters["policy"], r.parameters["rule"], r.title))
+def batches(requests: list[ChainRequest], size: int) -> list[list[ChainRequest]]:
+    """One rule's storm stays together (the run is named after it); batches of ``size``."""
+    ordered = sorted(requests, key=lambda r: (r.ref.policy, r.ref.rule, r.ref.title))
     return [ordered[i:i + size] for i in range(0, len(ordered), size)]
 
 
@@ -107,58 +126,68 @@ def _batch_tags(batch: list[ChainRequest]) -> list[str]:
     return [*sorted({t for r in batch for t in r.tags if t.startswith("policy:")}), "storm"]
 
 
-async def _run_batches(requests: list[ChainRequest], batch_deployment: str | None) -> list[ChainOutcome]:
-    settings = current().settings
-    batches = _batches(requests)
-    log.info("storm: %d new chains in %d handle-violations runs of up to %d", len(requests), len(batches),
-             settings.batch_size)
+def _batch_parameters(batch: list[ChainRequest]) -> dict[str, Any]:
+    return {"violations": [r.ref.model_dump() for r in batch], **({"retry": True} if batch[0].retry else {})}
+
+
+async def _run_batches(requests: list[ChainRequest], cycle: Cycle, batch_deployment: str | None) -> list[ChainOutcome]:
+    size = cycle.deps.settings.batch_size
+    chunks = batches(requests, size)
+    log.info("storm: %d new chains in %d handle-violations runs of up to %d", len(requests), len(chunks), size)
     deployment_id = await _deployment_id(batch_deployment)
     # One batch at a time, each running its items max_concurrent_chains at once. Measured: two at
     # once were no faster (the CPU is the limit), took each other's Testkube slots (a batch waits out
     # the server's Retry-After for them) and made SQLite-backed servers answer 503 more often.
     outcomes: list[ChainOutcome] = []
-    for batch in batches:
-        outcomes += await _run_batch(batch, deployment_id)
+    for batch in chunks:
+        if cycle.stopped:
+            outcomes += [cycle.not_run(r, cycle.stopped) for r in batch]
+            continue
+        outcomes += [cycle.heard(o) for o in await _run_batch(batch, deployment_id)]
     return outcomes
 
 
 async def _run_batch(batch: list[ChainRequest], deployment_id: UUID | None) -> list[ChainOutcome]:
     try:
-        result = await _run_flow(handle_violations, {"violations": [r.parameters for r in batch]}, deployment_id,
+        result = await _run_flow(handle_violations, _batch_parameters(batch), deployment_id,
                                  run_tags=_batch_tags(batch))
     except Exception as exc:  # the Prefect API itself failed: not these chains' fault
         log.warning("a batch of %d chains could not run: %s; the next cycle resumes them", len(batch), exc)
         return [_not_run(r, exc) for r in batch]
     if isinstance(result, list):
         return [o for o in result if isinstance(o, ChainOutcome)]
-    return [failed_outcome(r.key, r.title, r.workflow, result) for r in batch]
+    return [unfinished_outcome(r.key, r.ref.title, r.workflow, result) for r in batch]
 
 
-async def _run_one(request: ChainRequest, gate: asyncio.Semaphore, deployment_id: UUID | None) -> ChainOutcome:
+async def _run_one(request: ChainRequest, cycle: Cycle, gate: asyncio.Semaphore,
+                   deployment_id: UUID | None) -> ChainOutcome:
     async with gate:
+        if cycle.stopped:
+            return cycle.not_run(request, cycle.stopped)
         try:
-            result = await _run_flow(handle_violation, request.parameters, deployment_id, name=request.title,
+            result = await _run_flow(handle_violation, request.parameters, deployment_id, name=request.ref.title,
                                      run_tags=request.tags)
         except Exception as exc:  # the Prefect API itself failed (overloaded, unreachable): not this chain's fault
-            log.warning("%s: could not run its chain: %s; the next cycle resumes it", request.title, exc)
+            log.warning("%s: could not run its chain: %s; the next cycle resumes it", request.ref.title, exc)
             metrics.TRIGGERS_FAILED.labels(kind=type(exc).__name__).inc()
             return _not_run(request, exc)
-    if isinstance(result, ChainOutcome):
-        return result
-    metrics.TRIGGERS_FAILED.labels(kind=type(result).__name__).inc()
-    return failed_outcome(request.key, request.title, request.workflow, result)
+    if not isinstance(result, ChainOutcome):
+        result = unfinished_outcome(request.key, request.ref.title, request.workflow, result)
+    if result.status in (Outcome.UNFINISHED, Outcome.REFUSED, Outcome.ERROR):
+        metrics.TRIGGERS_FAILED.labels(kind=result.status.value).inc()
+    return cycle.heard(result)
 
 
 def _not_run(request: ChainRequest, exc: Exception) -> ChainOutcome:
     """The outcome of a chain whose run the Prefect API failed to make: the next cycle resumes it."""
-    return ChainOutcome(request.key, request.title, request.workflow, None, UNFINISHED,
+    return ChainOutcome(request.key, request.ref.title, request.workflow, None, Outcome.UNFINISHED,
                         detail=f"{PREFECT_API_FAILED}: {type(exc).__name__}")
 
 
 async def _run_flow(flow: Flow[Any, Any], parameters: dict[str, Any], deployment_id: UUID | None, *,
                     run_tags: list[str], name: str | None = None) -> Any:
     """Run ``flow`` here (a run of its deployment when one is given, else a subflow) and answer its
-    result: the flow's return value, or the exception a failed run ended with."""
+    result: the flow's return value (its state's data), or the exception a crashed run ended with."""
     if deployment_id is not None:
         state = await run_as_deployment_run(deployment_id, parameters, flow=flow, name=name, tags=run_tags)
     else:
@@ -187,12 +216,20 @@ async def run_as_deployment_run(deployment_id: UUID, parameters: dict[str, Any],
     return state
 
 
-def _identity(parameters: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(parameters.get(k) for k in ("report_kind", "report_namespace", "report_name", "policy", "rule",
-                                             "resource_uid"))
+def queued_identities(parameters: dict[str, Any]) -> set[Identity]:
+    """The violations a waiting or running run's parameters name (a batch names several)."""
+    items = parameters.get("violations") or [parameters.get("violation")]
+    identities: set[Identity] = set()
+    for item in items:
+        try:
+            identities.add(ViolationRef.model_validate(item).identity)
+        except ValidationError:
+            continue  # a run of an older form: it cannot hold a violation this cycle would submit
+    return identities
 
 
-async def submit(requests: list[ChainRequest], deployment: str | None, *, batched: bool) -> list[ChainOutcome]:
+async def submit(requests: list[ChainRequest], deps: Deps, deployment: str | None, *,
+                 batched: bool) -> list[ChainOutcome]:
     """Schedule the chains as runs of ``deployment`` for any served process or worker to run now
     (``chain_dispatch: submit``, the scale-out path); answer at once, one ``submitted`` outcome each.
 
@@ -216,18 +253,18 @@ async def submit(requests: list[ChainRequest], deployment: str | None, *, batche
             live += page
             if len(page) < 200:
                 break
-        queued = {_identity(p) for run in live for p in (run.parameters.get("violations") or [run.parameters])}
-        fresh = [r for r in requests if _identity(r.parameters) not in queued]
+        queued = {identity for run in live for identity in queued_identities(run.parameters)}
+        fresh = [r for r in requests if r.ref.identity not in queued]
         runs: list[tuple[dict[str, Any], str | None, list[str]]] = (
-            [({"violations": [r.parameters for r in b]}, None, _batch_tags(b)) for b in _batches(fresh)]
-            if batched else [(r.parameters, r.title, r.tags) for r in fresh]
+            [(_batch_parameters(b), None, _batch_tags(b)) for b in batches(fresh, deps.settings.batch_size)]
+            if batched else [(r.parameters, r.ref.title, r.tags) for r in fresh]
         )
         for parameters, name, run_tags in runs:
             await client.create_flow_run_from_deployment(deployment_id, parameters=parameters, name=name,
                                                          tags=run_tags)
     log.info("submitted %d chains in %d runs of %s (%d already queued)", len(fresh), len(runs), deployment,
              len(requests) - len(fresh))
-    return [ChainOutcome(r.key, r.title, r.workflow, None, SUBMITTED,
+    return [ChainOutcome(r.key, r.ref.title, r.workflow, None, Outcome.SUBMITTED,
                          detail="" if r in fresh else "already queued") for r in requests]
 
 

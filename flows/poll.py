@@ -1,4 +1,9 @@
-"""``policy-watch``: one detection cycle. Find the new failures, run each one's chain, say what happened."""
+"""``policy-watch``: one polling cycle. Find the new failures, run each one's chain, say what happened.
+
+(The flow and its deployment keep the name ``policy-watch`` that schedules and automations know; the
+module says what it does: it polls. Watch mode, which follows reports as they change, is
+``flows/watching.py``.)
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,16 @@ from dataclasses import dataclass, field
 
 from prefect import flow
 
-from flows.chains import ChainRequest, run_chains
-from policyflow import metrics
+from flows.dispatch import ChainRequest, run_chains
+from policyflow import bootstrap, metrics
+from policyflow.chain.deps import Deps
 from policyflow.domain.ledger import Action
-from policyflow.domain.outcome import UNROUTED, ChainOutcome, count_statuses
+from policyflow.domain.outcome import ChainOutcome, count_statuses
+from policyflow.domain.status import Outcome
 from tasks import observe
 from tasks.detect import detect_violations, record_resolved
 
 log = logging.getLogger("policyflow.flows")
-_warned_kinds: set[str] = set()
 
 
 @dataclass
@@ -27,9 +33,14 @@ class CycleSummary:
     outcomes: list[ChainOutcome] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
+    def close(self) -> CycleSummary:
+        """Count the outcomes into the counters (for the log line and the artifact)."""
+        self.counters.update({f"outcome_{k}": v for k, v in count_statuses(self.outcomes).items()})
+        return self
+
 
 @flow(name="policy-watch", log_prints=False)
-async def policy_watch(chain_deployment: str | None = None, batch_deployment: str | None = None) -> CycleSummary:
+async def poll_reports(chain_deployment: str | None = None, batch_deployment: str | None = None) -> CycleSummary:
     """One cycle: detect new failures, run the chain for each (bounded concurrency), report outcomes.
 
     ``chain_deployment`` (e.g. ``handle-violation/handle-violation``) makes each violation's run a
@@ -37,11 +48,18 @@ async def policy_watch(chain_deployment: str | None = None, batch_deployment: st
     ``batch_deployment`` (``handle-violations/handle-violations``) does the same for the batches a
     storm (more than ``storm_threshold`` new chains) runs in.
     """
+    return await poll_cycle(bootstrap.for_flows(), chain_deployment=chain_deployment,
+                            batch_deployment=batch_deployment)
+
+
+async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
+                     batch_deployment: str | None = None) -> CycleSummary:
+    """The cycle itself, with its dependencies given (the flow's body)."""
     started = time.monotonic()
-    scan = await detect_violations()
+    scan = await detect_violations(deps)
     metrics.POLL_DURATION.observe(time.monotonic() - started)
     if scan.resolved:
-        await record_resolved(scan.resolved)
+        await record_resolved(deps, scan.resolved)
     summary = CycleSummary(counters=scan.counters, problems=list(scan.problems))
     chains = [f for f in scan.findings if f.needs_chain]
     for finding in scan.findings:
@@ -52,15 +70,15 @@ async def policy_watch(chain_deployment: str | None = None, batch_deployment: st
         if finding.routed is None:
             metrics.VIOLATIONS_UNROUTED.inc()
             summary.outcomes.append(ChainOutcome(finding.violation.key, finding.violation.title, None, None,
-                                                 UNROUTED, detail="no route"))
+                                                 Outcome.UNROUTED, detail="no route"))
         else:
             metrics.VIOLATIONS_ROUTED.inc()
     if chains:
         requests = [ChainRequest.for_violation(f.violation, f.routed.workflow if f.routed else None)
                     for f in chains]
-        summary.outcomes.extend(await run_chains(requests, chain_deployment=chain_deployment,
-                                                   batch_deployment=batch_deployment))
-    summary.counters.update({f"outcome_{k}": v for k, v in count_statuses(summary.outcomes).items()})
+        summary.outcomes.extend(await run_chains(requests, deps, chain_deployment=chain_deployment,
+                                                 batch_deployment=batch_deployment))
+    summary.close()
     await observe.cycle_artifact(summary.outcomes, summary.counters)
     log.info("cycle: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.counters.items())))
     return summary

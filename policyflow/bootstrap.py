@@ -1,0 +1,95 @@
+"""The composition root: settings, routes, clients, the record store, the clock, this process's
+owner id, the retry policy and the Prefect observer, built once at the edge and handed down.
+
+The CLI builds the dependencies and :func:`install`\\ s them for the flows it runs in-process. A flow
+is also started by Prefect in a process of its own (a served run, a worker's job), where nobody can
+hand it anything: :func:`for_flows` then builds them from ``POLICYFLOW_*`` and the config file, once
+per process. That lookup is the only process-level state, and only flow entry points read it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import threading
+import uuid
+from typing import cast
+
+from policyflow import settings as settings_module
+from policyflow.chain.deps import Deps, Observer, TestkubeClients
+from policyflow.clients.kube import KubeClient
+from policyflow.clock import Clock
+from policyflow.domain.errors import ConfigError
+from policyflow.domain.routing import RoutingTable
+from policyflow.records import RecordStore
+from policyflow.settings import Settings
+from tasks.observe import PrefectObserver
+
+
+def owner_id() -> str:
+    """Who writes in-flight records from this process (host:pid:nonce; see ``Record.owner``)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def build(settings: Settings, routing: RoutingTable, *, kube: KubeClient | None = None, clock: Clock | None = None,
+          observer: Observer | None = None) -> Deps:
+    """Everything the chains, tasks and flows of this process need (ConfigError when the settings
+    cannot be made into it)."""
+    kube = kube if kube is not None else KubeClient.connect(**settings.kube_options())
+    clock = clock if clock is not None else Clock()
+    retry = settings.retry_policy()
+    owner = owner_id()
+    return Deps(
+        settings=settings,
+        routing=routing,
+        kube=kube,
+        records=RecordStore(kube, owner=owner, clock=clock, retry=retry),
+        testkube=TestkubeClients(settings, functools.cache(functools.partial(_testkube_token, settings))),
+        clock=clock,
+        owner=owner,
+        retry=retry,
+        observer=observer if observer is not None else PrefectObserver(),
+    )
+
+
+def _testkube_token(settings: Settings) -> str | None:
+    if settings.testkube_token is not None:
+        return settings.testkube_token.get_secret_value()
+    if settings.testkube_token_block:
+        return _load_secret_block(settings.testkube_token_block)
+    return None
+
+
+def _load_secret_block(name: str) -> str:
+    from prefect.blocks.system import Secret
+
+    try:
+        block = cast("Secret[str]", Secret.load(name, _sync=True))  # type: ignore[call-arg]
+    except ValueError:
+        raise ConfigError(
+            f"Prefect Secret block {name!r} not found: create it (prefect block create secret) or fix "
+            "POLICYFLOW_TESTKUBE_TOKEN_BLOCK"
+        ) from None
+    return str(block.get())
+
+
+_lock = threading.Lock()
+_installed: Deps | None = None
+
+
+def install(deps: Deps | None) -> None:
+    """Make ``deps`` what this process's flows use (None: build from the environment next time)."""
+    global _installed
+    with _lock:
+        _installed = deps
+
+
+def for_flows() -> Deps:
+    """The dependencies of a flow run in this process: those the CLI installed, else built from
+    ``POLICYFLOW_*`` and the config file on first use (a served or deployed run)."""
+    global _installed
+    with _lock:
+        if _installed is None:
+            _installed = build(*settings_module.load())
+        return _installed

@@ -1,0 +1,114 @@
+"""What a chain needs besides its inputs, built once at the edge (``policyflow.bootstrap``) and
+handed down: settings, routes, the clients, the record store, the clock, who this process is, the
+retry policy, and where to tell Prefect (or nobody) what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections.abc import Callable
+from typing import Protocol
+
+from policyflow.clients.kube import KubeClient
+from policyflow.clients.testkube import TestkubeClient
+from policyflow.clock import Clock
+from policyflow.domain.errors import ConfigError
+from policyflow.domain.ledger import Record
+from policyflow.domain.model import Violation
+from policyflow.domain.routing import RoutingTable
+from policyflow.domain.testrun import execution_url
+from policyflow.records import RecordStore
+from policyflow.retry import RetryPolicy
+from policyflow.settings import Settings
+
+
+class Observer(Protocol):
+    """Where a chain says what it did, besides the cluster: Prefect events and artifacts."""
+
+    def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+        """A violation's test run started (or was found again)."""
+
+    def test_finished(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+        """A violation's chain wrote its final record."""
+
+    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None) -> None:
+        """The run's own account of a violation's test (one per violation run)."""
+
+
+class Silent:
+    """An :class:`Observer` that tells nobody (no Prefect: tests, benchmarks)."""
+
+    def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+        """Nothing."""
+
+    def test_finished(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+        """Nothing."""
+
+    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None) -> None:
+        """Nothing."""
+
+
+class TestkubeClients:
+    """One long-lived Testkube client per event loop (an httpx client belongs to the loop it was
+    made on; Prefect runs sync flows and served runs on loops of their own)."""
+
+    __test__ = False
+
+    def __init__(self, settings: Settings, token: Callable[[], str | None]) -> None:
+        self._settings = settings
+        self._token = token
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TestkubeClient] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __call__(self) -> TestkubeClient:
+        """The client of the running loop."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            s = self._settings
+            if s.testkube_url is None:
+                raise ConfigError("POLICYFLOW_TESTKUBE_URL is not set: point it at the Testkube API")
+            client = TestkubeClient(url=str(s.testkube_url), token=self._token(), org=s.testkube_org,
+                                    env=s.testkube_env, timeout=s.testkube_timeout, ca_file=s.testkube_ca_file,
+                                    insecure=s.testkube_insecure)
+            self._clients[loop] = client
+        return client
+
+    async def aclose(self) -> None:
+        """Close the running loop's client (at the end of a command's event loop)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
+
+
+class Deps:
+    """Everything a chain, a task or a flow needs besides its inputs.
+
+    A plain class with slots on purpose: Prefect walks task parameters that are dataclasses or
+    pydantic models looking for futures; this one it passes as it is.
+    """
+
+    __slots__ = ("clock", "kube", "observer", "owner", "records", "retry", "routing", "settings", "testkube")
+
+    def __init__(self, *, settings: Settings, routing: RoutingTable, kube: KubeClient, records: RecordStore,
+                 testkube: TestkubeClients, clock: Clock, owner: str, retry: RetryPolicy,
+                 observer: Observer) -> None:
+        self.settings = settings
+        self.routing = routing
+        self.kube = kube
+        self.records = records
+        self.testkube = testkube
+        self.clock = clock
+        self.owner = owner
+        self.retry = retry
+        self.observer = observer
+
+    def execution_link(self, workflow: str, execution_id: str) -> str:
+        """Where a person looks at an execution (the dashboard when configured, else the API)."""
+        s = self.settings
+        base = str(s.testkube_url or "").rstrip("/")
+        api_base = (f"{base}/organizations/{s.testkube_org}/environments/{s.testkube_env}/agent"
+                    if s.testkube_org and s.testkube_env else f"{base}/v1")
+        return execution_url(dashboard=s.dashboard_url(), api_base=api_base, workflow=workflow,
+                             execution_id=execution_id)

@@ -1,0 +1,191 @@
+"""The four steps of a violation's chain, as plain async functions of their dependencies.
+
+Each step does its I/O and asks :mod:`policyflow.domain.decisions` what it means. None retries by
+itself: the one retry policy wraps whole steps (:mod:`.run`), so a retried step starts from what it
+was given, and every write it repeats is idempotent (merge-patches, Events named by episode, the
+execution found again by its tags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+
+from policyflow import metrics
+from policyflow.chain.deps import Deps
+from policyflow.clients.testkube import TestkubeClient
+from policyflow.domain.decisions import (
+    Awaited,
+    Fetched,
+    RunMode,
+    Triggered,
+    adjust_plan,
+    claim_record,
+    failures_named,
+    final_record,
+    last_record,
+    reusable_execution,
+    started_record,
+)
+from policyflow.domain.errors import (
+    AmbiguousTargetError,
+    ForbiddenError,
+    NotFoundError,
+    TransientError,
+    UnreachableError,
+)
+from policyflow.domain.ledger import Record, episode_id, plan_violation, read_records, record_age
+from policyflow.domain.model import ReportRef, Violation
+from policyflow.domain.ref import ViolationRef
+from policyflow.domain.reports import parse_report
+from policyflow.domain.routing import RoutedTest
+from policyflow.domain.status import IN_FLIGHT, Status
+from policyflow.domain.testrun import Execution, execution_request, execution_tags
+
+log = logging.getLogger("policyflow.chain")
+
+
+async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
+    """fetch-violation: re-read the report; if the failure is gone say so, else collect what the
+    next steps need (the record, the resource's labels and generation, the plan)."""
+    try:
+        report = await asyncio.to_thread(deps.records.read, ref.report)
+    except NotFoundError:
+        return Fetched(ref, None, None, None, "", gone_reason="the report was deleted")
+    parsed = parse_report(ref.report.kind, report)
+    records, _ = read_records(parsed.annotations)
+    matches = failures_named(parsed.violations, ref, deps.settings.violation_filter().results)
+    if not matches:
+        return Fetched(ref, None, None, last_record(records, ref), parsed.resource_version,
+                       gone_reason="the report no longer shows this failure")
+    if len({v.key for v in matches}) > 1:
+        raise AmbiguousTargetError(
+            f"{ref.report} has {len(matches)} failing resources for {ref.policy}/{ref.rule}: "
+            "give resource_name to choose one"
+        )
+    violation = matches[0]
+    record = records.get(violation.key)
+    labels, generation = None, None
+    try:
+        resource = await asyncio.to_thread(deps.kube.get_resource, violation.resource)
+    except NotFoundError:
+        return Fetched(ref, None, None, record, parsed.resource_version, gone_reason="the failing resource was deleted")
+    except ForbiddenError as exc:
+        log.warning("%s: cannot read the resource (%s); routing without its labels", violation.title, exc)
+    else:
+        metadata = resource.get("metadata") or {}
+        labels = {str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}
+        generation = metadata.get("generation") if isinstance(metadata.get("generation"), int) else None
+    track = deps.settings.track_resource_changes and generation is not None and violation.resource.uid
+    planned = plan_violation(
+        violation, record,
+        generations={violation.resource.uid or "": generation} if track and generation is not None else None,
+        now=deps.clock.now(), lease_seconds=deps.settings.claim_lease,
+    )
+    planned = adjust_plan(planned, record, owner=deps.owner, mode=mode)
+    log.info("%s: %s (episode %d, %s)", violation.title, planned.action.value, planned.episode, planned.reason)
+    return Fetched(ref, violation, planned, record, parsed.resource_version, labels, generation)
+
+
+async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered:
+    """trigger-testkube: start the routed TestWorkflow for this episode, or find the run a previous
+    attempt started. The episode is claimed first, so two processes never both start one."""
+    violation, planned = fetched.violation, fetched.planned
+    assert violation is not None and planned is not None
+    testkube = deps.testkube()
+    known = reusable_execution(fetched)
+    if known is not None and fetched.record is not None:
+        execution = await testkube.get_execution(execution_id=known)
+        log.info("%s: resuming with execution %s", violation.title, execution.name)
+        return Triggered(record=fetched.record, execution=execution, reused=True)
+    claim = claim_record(fetched, routed, now=deps.clock.stamp(), owner=deps.owner)
+    await asyncio.to_thread(deps.records.claim, violation, claim, report_version=fetched.report_version,
+                            previous=fetched.record)
+    execution, reused = await _start_once(testkube, violation, routed, episode_id(violation.report_uid,
+                                                                                   planned.episode))
+    record = started_record(claim, execution, now=deps.clock.stamp())
+    if await asyncio.to_thread(deps.records.write, violation.report, record):
+        await asyncio.to_thread(deps.records.post_event, violation, record)
+    metrics.TRIGGERS_STARTED.labels(reused=str(reused).lower()).inc()
+    deps.observer.test_started(record, namespace=violation.resource.namespace,
+                               url=deps.execution_link(execution.workflow or routed.workflow, execution.id))
+    log.info("%s: %s execution %s of %s", violation.title, "found" if reused else "started", execution.name,
+             routed.workflow)
+    return Triggered(record=record, execution=execution, reused=reused)
+
+
+async def _start_once(testkube: TestkubeClient, violation: Violation, routed: RoutedTest,
+                      episode: str) -> tuple[Execution, bool]:
+    """The episode's execution: the one already tagged with its key and episode, else a new one.
+
+    Looking first is what makes a retried trigger safe: when a POST's response was lost after the
+    agent started the run, the retry finds that run instead of starting a second.
+    """
+    existing = await testkube.find_executions(tags=execution_tags(violation, episode))
+    if existing:
+        return existing[0], True
+    request = execution_request(violation, routed, episode)
+    return await testkube.run_workflow(workflow=routed.workflow, request=request), False
+
+
+async def await_result(deps: Deps, report: ReportRef, triggered: Triggered) -> Awaited:
+    """await-result: poll the execution until it finishes or ``await_timeout`` passes (``timedout``,
+    an outcome of its own). Testkube not answering is waited through for ``await_unreachable``
+    seconds in a row; then the step fails, and its Retry waits on the same execution."""
+    settings, clock = deps.settings, deps.clock
+    record = triggered.record
+    title = f"{record.policy}/{record.rule} {record.resource}"
+    execution = triggered.execution
+    testkube = deps.testkube()
+    started = clock.monotonic()
+    deadline = started + settings.await_timeout
+    delay = settings.poll_interval
+    failing_since: float | None = None
+    heartbeat = clock.monotonic()
+    while not execution.finished:
+        if clock.monotonic() >= deadline:
+            log.warning("%s: no result from %s after %.0f s", title, execution.name, settings.await_timeout)
+            return Awaited(Status.TIMEDOUT, execution, clock.monotonic() - started)
+        await asyncio.sleep(min(delay, max(deadline - clock.monotonic(), 0.0)))
+        delay = min(delay * 1.5, settings.poll_interval_max)
+        try:
+            execution = await testkube.get_execution(execution_id=execution.id)
+        except TransientError as exc:
+            failing_since = failing_since if failing_since is not None else clock.monotonic()
+            if clock.monotonic() - failing_since >= settings.await_unreachable:
+                raise UnreachableError(
+                    f"{title}: Testkube has not answered about {execution.name} for "
+                    f"{settings.await_unreachable:.0f} s ({exc}); Retry waits on the same execution"
+                ) from None
+            log.info("%s: polling %s: %s", title, execution.name, exc)
+            continue
+        failing_since = None
+        if clock.monotonic() - heartbeat > settings.claim_lease / 3:
+            # Refresh the record so other pollers see this chain is alive (see Record.owner).
+            record = replace(record, status=Status.RUNNING, updated=clock.stamp(), owner=deps.owner)
+            await asyncio.to_thread(deps.records.write, report, record)
+            heartbeat = clock.monotonic()
+    waited = clock.monotonic() - started
+    log.info("%s: execution %s %s after %.1f s", title, execution.name, execution.status, waited)
+    return Awaited(execution.ledger_status, execution, waited)
+
+
+async def annotate(deps: Deps, report: ReportRef, record: Record,
+                   violation: Violation | None) -> tuple[Record, str | None]:
+    """annotate-report: write the final record onto the report and an Event onto the failing
+    resource (when known); tell Prefect (``policyflow.test.finished``). Answers the record written
+    and the execution's link."""
+    final = final_record(record, now=deps.clock.stamp())
+    if await asyncio.to_thread(deps.records.write, report, final) and violation is not None:
+        await asyncio.to_thread(deps.records.post_event, violation, final)
+    metrics.OUTCOMES.labels(status=final.status.value).inc()
+    if final.detected and final.status not in IN_FLIGHT:
+        age = record_age(replace(final, updated=final.detected), deps.clock.now())
+        if age is not None:
+            metrics.DETECTION_TO_RESULT.observe(age)
+    url = deps.execution_link(final.workflow or "", final.execution) if final.execution else None
+    deps.observer.test_finished(final, namespace=violation.resource.namespace if violation else report.namespace,
+                                url=url)
+    log.info("%s/%s %s: recorded %s on %s", final.policy, final.rule, final.resource, final.status.value, report)
+    return final, url

@@ -1,0 +1,84 @@
+"""Which violation a run is for: one typed reference, used as the flow parameter schema of
+``handle-violation`` (and the items of ``handle-violations``), as the run's identity for
+de-duplication and history, and as the source of its run name and tags.
+
+It names a failure as people and the Prefect UI do: a report, and a policy/rule in it, and (for a
+report with several failing resources) the resource. It is not the violation itself: the chain
+re-reads the report, so a reference can be typed by hand in the UI's Run form.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from policyflow.domain.model import ReportRef, Violation, report_kind_named
+
+#: Identity of a violation run: (report kind, report namespace, report name, policy, rule, resource uid).
+Identity = tuple[str, str, str, str, str, str]
+
+
+class ViolationRef(BaseModel):
+    """A failing ``policy``/``rule`` result in one report (and for one resource, when given)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    report_name: str = Field(min_length=1, description="The report's metadata.name")
+    policy: str = Field(min_length=1, description="The policy of the failing result")
+    rule: str = Field(min_length=1, description="The rule of the failing result")
+    report_namespace: str | None = Field(None, description="The report's namespace (none for cluster reports)")
+    report_kind: str = Field("PolicyReport", description="PolicyReport, ClusterPolicyReport, Report or ClusterReport")
+    resource_kind: str | None = Field(None, description="The failing resource's kind (names the run)")
+    resource_name: str | None = Field(None, description="The failing resource's name (chooses among several)")
+    resource_namespace: str | None = Field(None, description="The failing resource's namespace (names the run)")
+    resource_uid: str | None = Field(None, description="The failing resource's uid (chooses among several)")
+
+    @field_validator("report_kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        return report_kind_named(value).kind
+
+    @classmethod
+    def of(cls, violation: Violation) -> ViolationRef:
+        """The reference of a violation a scan found."""
+        return cls(
+            report_name=violation.report.name,
+            report_namespace=violation.report.namespace,
+            report_kind=violation.report.kind.kind,
+            policy=violation.policy,
+            rule=violation.rule,
+            resource_kind=violation.resource.kind,
+            resource_name=violation.resource.name,
+            resource_namespace=violation.resource.namespace,
+            resource_uid=violation.resource.uid,
+        )
+
+    @property
+    def report(self) -> ReportRef:
+        """Where the report lives (a cluster report has no namespace, whatever was typed)."""
+        kind = report_kind_named(self.report_kind)
+        return ReportRef(kind=kind, name=self.report_name,
+                         namespace=self.report_namespace if kind.namespaced else None)
+
+    @property
+    def identity(self) -> Identity:
+        """What makes two runs the same violation's: a run waiting with it is not submitted again,
+        and history joins runs with records by it."""
+        return (self.report_kind, self.report_namespace or "", self.report_name, self.policy, self.rule,
+                self.resource_uid or "")
+
+    @property
+    def title(self) -> str:
+        """``policy/rule namespace/Kind/name``: the violation as people name it (the run's name)."""
+        where = self.resource_namespace or self.report_namespace or ""
+        if self.resource_kind and self.resource_name:
+            thing = f"{self.resource_kind}/{self.resource_name}"
+        else:
+            thing = self.report_name
+        return f"{self.policy}/{self.rule} {where}/{thing}" if where else f"{self.policy}/{self.rule} {thing}"
+
+    def tags(self, workflow: str | None = None) -> list[str]:
+        """The run's Prefect tags: policy, namespace, and the routed workflow when known."""
+        run_tags = [f"policy:{self.policy}", f"namespace:{self.resource_namespace or '-'}"]
+        if workflow:
+            run_tags.append(f"workflow:{workflow}")
+        return run_tags
