@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from policyflow.clients.kube import KubeClient
+from policyflow.domain.decisions import replan_after_route_change
 from policyflow.domain.errors import ForbiddenError, NotFoundError
 from policyflow.domain.ledger import Action, Planned, Record, plan_report, read_records
 from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Violation
@@ -136,14 +137,22 @@ def scan_cluster(
     for ref, violations, records in pending:
         plan = plan_report(violations, records, generations=generations, now=now, lease_seconds=lease_seconds)
         scan.resolved.extend((ref, record) for record in plan.resolved)
-        for planned in plan.planned:
-            routed = None
-            if planned.action in (Action.NEW, Action.RESUME, Action.BUSY):
-                routed = _route(kube, routing, planned.violation, scan)
-            elif planned.record is not None and planned.record.workflow:
-                routed = RoutedTest(route="recorded", workflow=planned.record.workflow, config={}, tags={})
-            scan.findings.append(Finding(planned=planned, routed=routed))
+        scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
     return scan
+
+
+def _finding(kube: KubeClient, routing: RoutingTable, planned: Planned, scan: Scan) -> Finding:
+    """A planned violation with its route: routed afresh when it may run (or ended in its own error,
+    which runs again once its route changes), else the workflow its record names."""
+    record = planned.record
+    errored = planned.action is Action.HANDLED and record is not None and record.status is Status.ERROR
+    if planned.action in (Action.NEW, Action.RESUME, Action.BUSY) or errored:
+        routed = _route(kube, routing, planned.violation, scan)
+        return Finding(planned=replan_after_route_change(planned, routed), routed=routed)
+    if record is not None and record.workflow:
+        return Finding(planned=planned,
+                       routed=RoutedTest(route="recorded", workflow=record.workflow, config={}, tags={}))
+    return Finding(planned=planned, routed=None)
 
 
 def _route(kube: KubeClient, routing: RoutingTable, violation: Violation, scan: Scan) -> RoutedTest | None:
@@ -188,8 +197,5 @@ def scan_report(
     wanted = [v for v in parsed.violations if flt.wants(v)]
     plan = plan_report(wanted, records, generations=None, now=now, lease_seconds=lease_seconds)
     scan.resolved.extend((parsed.ref, record) for record in plan.resolved)
-    for planned in plan.planned:
-        needs = planned.action in (Action.NEW, Action.RESUME)
-        routed = _route(kube, routing, planned.violation, scan) if needs else None
-        scan.findings.append(Finding(planned=planned, routed=routed))
+    scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
     return scan

@@ -91,8 +91,9 @@ class PhasedSteps:
     step's call waits until every unfinished chain has called a step; then the earliest step's calls
     run together in its batch task run. Steps only move forward, so each task run happens once."""
 
-    def __init__(self, deps: Deps, chains: int) -> None:
+    def __init__(self, deps: Deps, chains: int, *, phases: Sequence[BatchTask] = PHASES) -> None:
         self.deps = deps
+        self._phases = phases
         self._unfinished = chains
         self._waiting: dict[int, list[tuple[Any, asyncio.Future[Any]]]] = defaultdict(list)
         self._running = False
@@ -131,7 +132,7 @@ class PhasedSteps:
 
     async def _run(self, phase: int, calls: list[tuple[Any, asyncio.Future[Any]]]) -> None:
         try:
-            results: list[Any] = await PHASES[phase](self.deps, [item for item, _ in calls])
+            results: list[Any] = await self._phases[phase](self.deps, [item for item, _ in calls])
         except BaseException as exc:  # the task run itself failed (Prefect API): every call fails with it
             results = [exc] * len(calls)
         self._running = False

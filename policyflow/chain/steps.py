@@ -25,7 +25,7 @@ from policyflow.domain.decisions import (
     failures_named,
     final_record,
     last_record,
-    reusable_execution,
+    resumable,
     started_record,
 )
 from policyflow.domain.errors import (
@@ -93,12 +93,11 @@ async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered
     attempt started. The episode is claimed first, so two processes never both start one."""
     violation, planned = fetched.violation, fetched.planned
     assert violation is not None and planned is not None
+    known = resumable(fetched)
+    if known is not None:
+        log.info("%s: resuming with execution %s", violation.title, known.execution.name)
+        return known
     testkube = deps.testkube()
-    known = reusable_execution(fetched)
-    if known is not None and fetched.record is not None:
-        execution = await testkube.get_execution(execution_id=known)
-        log.info("%s: resuming with execution %s", violation.title, execution.name)
-        return Triggered(record=fetched.record, execution=execution, reused=True)
     claim = claim_record(fetched, routed, now=deps.clock.stamp(), owner=deps.owner)
     await asyncio.to_thread(deps.records.claim, violation, claim, report_version=fetched.report_version,
                             previous=fetched.record)
@@ -156,7 +155,7 @@ async def await_result(deps: Deps, report: ReportRef, triggered: Triggered) -> A
             if clock.monotonic() - failing_since >= settings.await_unreachable:
                 raise UnreachableError(
                     f"{title}: Testkube has not answered about {execution.name} for "
-                    f"{settings.await_unreachable:.0f} s ({exc}); Retry waits on the same execution"
+                    f"{settings.await_unreachable:g} s ({exc}); Retry waits on the same execution"
                 ) from None
             log.info("%s: polling %s: %s", title, execution.name, exc)
             continue

@@ -169,9 +169,7 @@ def next_step(fetched: Fetched, routing: RoutingTable) -> NextStep:
             return NextStep(outcome=ChainOutcome("", title, None, None, Outcome.RESOLVED, detail=fetched.gone_reason))
         if record.status in IN_FLIGHT and record.execution:
             # Let a started test finish and record its outcome (policyflow does not abort it).
-            execution = Execution(id=record.execution, name=record.execution_name or record.execution,
-                                  workflow=record.workflow or "", status="running", tags={})
-            return NextStep(resume=Triggered(record=record, execution=execution, reused=True))
+            return NextStep(resume=resumed(record))
         if record.status is not Status.RESOLVED:
             return NextStep(resolve=replace(record, status=Status.RESOLVED))
         return NextStep(outcome=ChainOutcome(record.key, title, record.workflow, record.execution_name,
@@ -181,12 +179,14 @@ def next_step(fetched: Fetched, routing: RoutingTable) -> NextStep:
         return NextStep(outcome=ChainOutcome(violation.key, title, record.workflow if record else None,
                                              record.execution_name if record else None, Outcome.BUSY,
                                              detail="another policyflow process is running its chain"))
+    errored = planned.action is Action.HANDLED and record is not None and record.status is Status.ERROR
+    routed = routing.route(violation, fetched.labels) if planned.action is not Action.HANDLED or errored else None
+    planned = replan_after_route_change(planned, routed)
     if planned.action is Action.HANDLED:
         status = Outcome.of(record.status) if record else Outcome.RESOLVED
         return NextStep(outcome=ChainOutcome(violation.key, title, record.workflow if record else None,
                                              record.execution_name if record else None, status,
                                              detail=planned.reason))
-    routed = routing.route(violation, fetched.labels)
     if routed is None:
         return NextStep(outcome=ChainOutcome(violation.key, title, None, None, Outcome.UNROUTED, detail="no route"))
     return NextStep(routed=routed)
@@ -216,12 +216,20 @@ def started_record(claim: Record, execution: Execution, *, now: str) -> Record:
                    error=None)
 
 
-def reusable_execution(fetched: Fetched) -> str | None:
-    """The execution a previous attempt of this episode recorded (resume it, start nothing)."""
+def resumable(fetched: Fetched) -> Triggered | None:
+    """The execution a previous attempt of this episode recorded: await it, start nothing."""
     previous, planned = fetched.record, fetched.planned
     if previous is not None and planned is not None and previous.episode == planned.episode and previous.execution:
-        return previous.execution
+        return resumed(previous)
     return None
+
+
+def resumed(record: Record) -> Triggered:
+    """The recorded execution of ``record``, to await again (await-result reads its status)."""
+    assert record.execution is not None
+    execution = Execution(id=record.execution, name=record.execution_name or record.execution,
+                          workflow=record.workflow or "", status="running", tags={})
+    return Triggered(record=record, execution=execution, reused=True)
 
 
 def unfinished_outcome(key: str, title: str, workflow: str | None, error: BaseException) -> ChainOutcome:
