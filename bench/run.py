@@ -51,6 +51,7 @@ from policyflow.standins.kube import KubeStandin  # noqa: E402
 from policyflow.standins.scenario import deployment, report_for  # noqa: E402
 from policyflow.standins.testkube import TestkubeStandin  # noqa: E402
 
+BENCH = ROOT / "bench"
 DATA = ROOT / "policyflow" / "data"
 PY = sys.executable
 TEMPLATE = yaml.safe_load((DATA / "examples" / "policyreport-fail.yaml").read_text())
@@ -133,35 +134,10 @@ def figure_scan(kube: KubeStandin, env: dict[str, str]) -> None:
     row("scan peak memory", max(p_mem), max(k_mem), "MiB", "<= 300 MiB")
 
 
-QUIET = """
-import asyncio, json, sys, time
-from datetime import UTC, datetime
-from policyflow import settings as sm
-from tasks import runtime
-s, r = sm.load(); runtime.install(runtime.build(s, r))
-from policyflow.scanning import scan_cluster
-from flows.policy_watch import policy_watch
-from prefect.client.orchestration import get_client
-def count():
-    with get_client(sync_client=True) as c:
-        return len(c.read_flow_runs(limit=200))
-def scan():
-    return scan_cluster(runtime.current().kube, s, r, now=datetime.now(UTC), lease_seconds=s.claim_lease)
-scan()  # warm-up
-t = time.monotonic(); result = scan(); scan_s = time.monotonic() - t
-asyncio.run(policy_watch())  # warm-up: imports, the first flow run
-before = count()
-t = time.monotonic(); summary = asyncio.run(policy_watch()); cycle_s = time.monotonic() - t
-after = count()
-print(json.dumps({"scan": scan_s, "cycle": cycle_s, "new_runs": after - before, "outcomes": len(summary.outcomes),
-                  "handled": result.counters.get("handled", 0)}))
-"""
-
-
 def figure_quiet(env: dict[str, str], api_url: str) -> None:
     print("2. quiet cycle: policy-watch (Prefect bookkeeping included) vs the bare scan, same process", flush=True)
-    done = subprocess.run([PY, "-c", QUIET], env={**env, "PREFECT_API_URL": api_url}, capture_output=True, text=True,
-                          cwd=ROOT, check=False)
+    done = subprocess.run([PY, str(BENCH / "quiet_cycle.py")], env={**env, "PREFECT_API_URL": api_url},
+                          capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
         print(done.stderr[-3000:])
         return
@@ -171,55 +147,6 @@ def figure_quiet(env: dict[str, str], api_url: str) -> None:
           f"{result['new_runs']} (1 = the poll run itself); chains run: {result['outcomes']}", flush=True)
 
 
-OVERHEAD = """
-import asyncio, json, os, sys, time
-from policyflow import settings as sm
-from tasks import runtime
-from policyflow.standins.kube import KubeStandin
-from policyflow.standins.scenario import deployment, report_for
-sys.path.insert(0, "bench")
-from run import DATA, TEMPLATE
-n = int(sys.argv[1])
-kube = KubeStandin(sorted((DATA / "crds").glob("*.yaml"))).start()
-os.environ["POLICYFLOW_KUBECONFIG"] = str(kube.write_kubeconfig(__import__("pathlib").Path(sys.argv[2])))
-s, r = sm.load(); runtime.install(runtime.build(s, r))
-from flows.policy_watch import policy_watch
-from tasks.chain import Target, await_result, fetch_violation, next_step, record_outcome, result_record
-from tasks.chain import trigger_testkube
-from tasks.observe import bounded_here
-
-def storm(prefix):
-    return [kube.create(report_for(TEMPLATE, kube.create(deployment(f"{prefix}-{i:03d}")))) for i in range(n)]
-
-async def bare(reports):
-    # The same four steps for every violation, no Prefect at all.
-    async def chain(report):
-        target = Target.of(report_name=report["metadata"]["name"], report_namespace="default",
-                           policy="require-resources", rule="require-resources-in-deployment")
-        fetched = await fetch_violation.fn(target)
-        async with bounded_here(slots):  # no global concurrency limit: that is a Prefect API call
-            triggered = await trigger_testkube.fn(fetched, next_step(fetched).routed)
-        awaited = await await_result.fn(target.report, triggered)
-        await record_outcome(target.report, result_record(triggered, awaited), fetched.violation)
-    gate, slots = asyncio.Semaphore(s.max_concurrent_chains), asyncio.Semaphore(s.testkube_concurrency)
-    async def bounded(report):
-        async with gate:
-            await chain(report)
-    await asyncio.gather(*(bounded(x) for x in reports))
-
-asyncio.run(policy_watch())  # warm-up: imports, the first flow run, the concurrency limit
-out = {}
-reports = storm("bare"); t = time.monotonic(); asyncio.run(bare(reports)); out["bare"] = time.monotonic() - t
-for name, threshold in (("per_violation", 1_000_000), ("batched", 0)):
-    runtime.current().settings = s.model_copy(update={"storm_threshold": threshold})
-    storm(name[:5])
-    t = time.monotonic(); summary = asyncio.run(policy_watch()); out[name] = time.monotonic() - t
-    out[name + "_outcomes"] = len(summary.outcomes)
-kube.stop()
-print(json.dumps(out))
-"""
-
-
 def figure_overhead(count: int, api_url: str, work: Path) -> None:
     print(f"3a. orchestration cost per violation: {count} new failures, one poll cycle, same process", flush=True)
     with TestkubeStandin(workflows=["smoke-nova"], queued_polls=0, running_polls=0) as testkube:
@@ -227,8 +154,8 @@ def figure_overhead(count: int, api_url: str, work: Path) -> None:
                "POLICYFLOW_TESTKUBE_URL": testkube.url, "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
                "POLICYFLOW_POLL_INTERVAL": "0.2", "POLICYFLOW_MAX_CONCURRENT_CHAINS": "16",
                "PREFECT_LOGGING_LEVEL": "WARNING"}
-        done = subprocess.run([PY, "-c", OVERHEAD, str(count), str(work / "overhead-kubeconfig")], env=env,
-                              capture_output=True, text=True, cwd=ROOT, check=False)
+        done = subprocess.run([PY, str(BENCH / "overhead.py"), str(count), str(work / "overhead-kubeconfig")],
+                              env=env, capture_output=True, text=True, cwd=ROOT, check=False)
     if done.returncode != 0:
         print(done.stderr[-3000:])
         return
