@@ -16,39 +16,38 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout first, as `python -c` with cwd=ROOT had it
 
 
 def main() -> None:
-    from policyflow import settings as sm
-    from tasks import runtime
-
-    s, r = sm.load()
-    runtime.install(runtime.build(s, r))
-    # Imported only after runtime.install(), as when this was a `python -c` snippet in bench/run.py.
     from prefect.client.orchestration import get_client
 
-    from flows.policy_watch import policy_watch
-    from policyflow.scanning import scan_cluster
+    from flows.poll import poll_reports
+    from policyflow import bootstrap
+    from policyflow import settings as sm
+    from policyflow.scanning import Scan, scan_cluster
+
+    s, r = sm.load()
+    deps = bootstrap.build(s, r)
+    bootstrap.install(deps)
 
     def count() -> int:
         with get_client(sync_client=True) as c:
             return len(c.read_flow_runs(limit=200))
 
-    def scan() -> Any:  # policyflow.scanning.Scan; not imported, the snippet's imports are kept as they were
-        return scan_cluster(runtime.current().kube, s, r, now=datetime.now(UTC), lease_seconds=s.claim_lease)
+    def scan() -> Scan:
+        return scan_cluster(deps.kube, s, r, now=datetime.now(UTC), lease_seconds=s.claim_lease)
 
     scan()  # warm-up
     t = time.monotonic()
     result = scan()
     scan_s = time.monotonic() - t
-    asyncio.run(policy_watch())  # warm-up: imports, the first flow run
+    asyncio.run(poll_reports())  # warm-up: imports, the first flow run
     before = count()
     t = time.monotonic()
-    summary = asyncio.run(policy_watch())
+    summary = asyncio.run(poll_reports())
     cycle_s = time.monotonic() - t
     after = count()
     print(json.dumps({"scan": scan_s, "cycle": cycle_s, "new_runs": after - before, "outcomes": len(summary.outcomes),

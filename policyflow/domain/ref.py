@@ -25,12 +25,13 @@ class ViolationRef(BaseModel):
     report_name: str = Field(min_length=1, description="The report's metadata.name")
     policy: str = Field(min_length=1, description="The policy of the failing result")
     rule: str = Field(min_length=1, description="The rule of the failing result")
-    report_namespace: str | None = Field(None, description="The report's namespace (none for cluster reports)")
-    report_kind: str = Field("PolicyReport", description="PolicyReport, ClusterPolicyReport, Report or ClusterReport")
-    resource_kind: str | None = Field(None, description="The failing resource's kind (names the run)")
-    resource_name: str | None = Field(None, description="The failing resource's name (chooses among several)")
-    resource_namespace: str | None = Field(None, description="The failing resource's namespace (names the run)")
-    resource_uid: str | None = Field(None, description="The failing resource's uid (chooses among several)")
+    report_namespace: str | None = Field(default=None, description="The report's namespace (none for cluster reports)")
+    report_kind: str = Field(default="PolicyReport",
+                             description="PolicyReport, ClusterPolicyReport, Report or ClusterReport")
+    resource_kind: str | None = Field(default=None, description="The failing resource's kind (names the run)")
+    resource_name: str | None = Field(default=None, description="The failing resource's name (chooses among several)")
+    resource_namespace: str | None = Field(default=None, description="The failing resource's namespace (names the run)")
+    resource_uid: str | None = Field(default=None, description="The failing resource's uid (chooses among several)")
 
     @field_validator("report_kind")
     @classmethod

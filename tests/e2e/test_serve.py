@@ -252,3 +252,49 @@ def test_served_processes_share_submitted_batches_and_start_one_test_per_failure
                and any(p.get("resource_name", "").startswith("scale-") for p in r.parameters.get("violations", []))]
     assert batches and all(r.state_type.value == "COMPLETED" for r in batches)
     assert sum(len(r.parameters["violations"]) for r in batches) >= 6
+
+
+def test_every_served_deployment_runs_to_completed_when_run_through_the_api_as_the_ui_does(
+    served: dict[str, Any], scenario: dict[str, Any], testkube: TestkubeStandin
+) -> None:
+    """The UI's Run on each deployment: a flow run created through the API with the deployment's
+    stored parameters (plus the violation for the two chain deployments), run by the served runner."""
+    from prefect.client.orchestration import get_client
+
+    from policyflow.domain.ref import ViolationRef
+
+    violation = ViolationRef(report_name=scenario["metadata"]["name"], report_namespace="default",
+                             policy="require-resources", rule="require-resources-in-deployment").model_dump()
+    asked = {
+        "policy-watch/policy-watch": {},
+        "handle-violation/handle-violation": {"violation": violation},
+        "handle-violations/handle-violations": {"violations": [violation]},
+        "retry-failed-triggers/retry-failed-triggers": {},
+    }
+    with get_client(sync_client=True) as client:
+        ids = {}
+        for name, parameters in asked.items():
+            deployment_id = wait_until(f"{name} to be served", lambda n=name: _deployment_id(client, n),
+                                       timeout=60, every=0.5)
+            ids[name] = client.create_flow_run_from_deployment(deployment_id, parameters=parameters).id
+
+        def states() -> dict[str, str]:
+            return {name: (client.read_flow_run(run_id).state_type or "").__str__() for name, run_id in ids.items()}
+
+        def finished() -> dict[str, str] | None:
+            now = states()
+            return now if all(s.endswith(("COMPLETED", "FAILED", "CRASHED", "CANCELLED")) for s in now.values()) \
+                else None
+
+        final = wait_until("every deployment's run to finish", finished, timeout=180, every=0.5)
+    assert all(s.endswith("COMPLETED") for s in final.values()), final
+    assert len(testkube.executions) == 1, "one violation, one test, however many runs looked at it"
+
+
+def _deployment_id(client: Any, name: str) -> Any:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(name).id
+    except ObjectNotFound:
+        return None
