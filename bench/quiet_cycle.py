@@ -38,7 +38,7 @@ def main() -> None:
             return len(c.read_flow_runs(limit=200))
 
     def scan() -> Scan:
-        return scan_cluster(deps.kube, s, r, now=datetime.now(UTC), lease_seconds=s.claim_lease)
+        return scan_cluster(deps.kube, s, r, now=datetime.now(UTC))
 
     scan()  # warm-up
     t = time.monotonic()

@@ -16,7 +16,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from datetime import UTC, datetime
 from typing import Any
 
 from flows.dispatch import PREFECT_API_FAILED, ChainRequest, run_chains
@@ -28,6 +27,7 @@ from policyflow.clients.kube import WatchExpired
 from policyflow.domain.errors import PolicyflowError
 from policyflow.domain.model import REPORT_KINDS, ReportKind, Violation
 from policyflow.domain.routing import RoutedTest
+from policyflow.liveness import read_live_owners
 from policyflow.retry import RetryPolicy
 from policyflow.scanning import scan_report
 
@@ -116,10 +116,10 @@ async def _react(deps: Deps, queue: asyncio.Queue[Event], expired: threading.Eve
         while not queue.empty():
             event = queue.get_nowait()
             batch[(event[1]["metadata"].get("namespace"), event[1]["metadata"]["name"])] = event
-        now = datetime.now(UTC)
+        now = deps.clock.now()
+        live = read_live_owners(deps.kube, deps.settings.lease_namespace, now) if len(batch) else None
         for kind, obj in batch.values():
-            scan = scan_report(deps.kube, deps.settings, deps.routing, kind, obj, now=now,
-                               lease_seconds=deps.settings.claim_lease)
+            scan = scan_report(deps.kube, deps.settings, deps.routing, kind, obj, now=now, live_owners=live)
             for finding in scan.findings:
                 if finding.needs_chain and finding.routed:
                     reactor.notice(finding.violation, finding.routed)

@@ -9,6 +9,7 @@ per process. That lookup is the only process-level state, and only flow entry po
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import socket
@@ -22,6 +23,7 @@ from policyflow.clients.kube import KubeClient
 from policyflow.clock import Clock
 from policyflow.domain.errors import ConfigError
 from policyflow.domain.routing import RoutingTable
+from policyflow.liveness import ProcessLease
 from policyflow.records import RecordStore
 from policyflow.settings import Settings
 from tasks.observe import PrefectObserver
@@ -40,6 +42,8 @@ def build(settings: Settings, routing: RoutingTable, *, kube: KubeClient | None 
     clock = clock if clock is not None else Clock()
     retry = settings.retry_policy()
     owner = owner_id()
+    lease = ProcessLease(kube, owner=owner, namespace=settings.lease_namespace, duration=settings.lease_duration,
+                         clock=clock)
     return Deps(
         settings=settings,
         routing=routing,
@@ -50,6 +54,7 @@ def build(settings: Settings, routing: RoutingTable, *, kube: KubeClient | None 
         owner=owner,
         retry=retry,
         observer=observer if observer is not None else PrefectObserver(),
+        lease=lease if lease.start() else None,
     )
 
 
@@ -92,4 +97,5 @@ def for_flows() -> Deps:
     with _lock:
         if _installed is None:
             _installed = build(*settings_module.load())
+            atexit.register(_installed.close)  # a served run's process: its Lease goes with it
         return _installed

@@ -9,6 +9,7 @@ Testkube refused), never a traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -105,7 +106,7 @@ def _scan(args: argparse.Namespace) -> int:
     settings, routing = settings_module.load(_overrides(args))
     kube = KubeClient.connect(**settings.kube_options())
     try:
-        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC), lease_seconds=settings.claim_lease)
+        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC))
     finally:
         kube.close()
     for kind in scan.skipped_kinds:
@@ -157,7 +158,9 @@ def _prepare_flows(args: argparse.Namespace, overrides: dict[str, Any] | None = 
     from policyflow import bootstrap
 
     _quiet_expected_tracebacks(args.log_level)
-    bootstrap.install(bootstrap.build(settings, routing))
+    deps = bootstrap.build(settings, routing)
+    atexit.register(deps.close)  # this process's Lease goes with it (a crash lets it expire)
+    bootstrap.install(deps)
 
 
 def _quiet_expected_tracebacks(level: str) -> None:

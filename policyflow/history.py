@@ -29,7 +29,7 @@ def recent_history(settings: Settings, routing: RoutingTable, *, limit: int = 50
         )
     kube = KubeClient.connect(**settings.kube_options())
     try:
-        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC), lease_seconds=settings.claim_lease)
+        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC))
     finally:
         kube.close()
     records: dict[Identity, Record] = {}

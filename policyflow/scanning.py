@@ -21,6 +21,7 @@ from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Violati
 from policyflow.domain.reports import ViolationFilter, parse_report
 from policyflow.domain.routing import RoutedTest, RoutingTable
 from policyflow.domain.status import Status
+from policyflow.liveness import read_live_owners
 from policyflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,10 +93,11 @@ def scan_cluster(
     routing: RoutingTable,
     *,
     now: datetime,
-    lease_seconds: float = 300.0,
 ) -> Scan:
-    """Read every report, diff it against the records on it, route what needs a chain."""
+    """Read every report, diff it against the records on it, route what needs a chain. Which
+    in-flight records belong to live processes is read once, from their Leases."""
     scan = Scan()
+    live = read_live_owners(kube, settings.lease_namespace, now)
     flt = settings.violation_filter()
     pending: list[tuple[ReportRef, list[Violation], dict[str, Record]]] = []
     for kind in served_report_kinds(kube, scan):
@@ -135,7 +137,8 @@ def scan_cluster(
             except (ForbiddenError, NotFoundError) as exc:
                 scan.problems.append(f"cannot tell whether {resource_kind} objects changed: {exc}")
     for ref, violations, records in pending:
-        plan = plan_report(violations, records, generations=generations, now=now, lease_seconds=lease_seconds)
+        plan = plan_report(violations, records, generations=generations, now=now, lease_seconds=settings.claim_lease,
+                           live_owners=live)
         scan.resolved.extend((ref, record) for record in plan.resolved)
         scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
     return scan
@@ -182,7 +185,7 @@ def scan_report(
     item: dict[str, Any],
     *,
     now: datetime,
-    lease_seconds: float,
+    live_owners: frozenset[str] | None,
 ) -> Scan:
     """What to do about one report as a watch event shows it (no resource-change lookup: the periodic
     full cycle does that)."""
@@ -195,7 +198,8 @@ def scan_report(
     records, problems = read_records(parsed.annotations)
     scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
     wanted = [v for v in parsed.violations if flt.wants(v)]
-    plan = plan_report(wanted, records, generations=None, now=now, lease_seconds=lease_seconds)
+    plan = plan_report(wanted, records, generations=None, now=now, lease_seconds=settings.claim_lease,
+                       live_owners=live_owners)
     scan.resolved.extend((parsed.ref, record) for record in plan.resolved)
     scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
     return scan

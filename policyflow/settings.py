@@ -30,6 +30,17 @@ from policyflow.retry import RetryPolicy
 CommaList = Annotated[tuple[str, ...], NoDecode]
 
 
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def _own_namespace() -> str:
+    """The pod's namespace in a cluster (its service account says), else ``default``."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
+    except OSError:
+        return "default"
+
+
 class Settings(BaseSettings):
     """Everything policyflow can be told. Each field is also ``POLICYFLOW_<FIELD>`` in the environment."""
 
@@ -101,7 +112,14 @@ class Settings(BaseSettings):
         "runs for every served process or worker to pick up (scale-out)",
     )
     claim_lease: float = Field(
-        300.0, gt=0, description="Seconds an unfinished chain's record is left to its owner before others resume it"
+        300.0, gt=0,
+        description="Without Leases: seconds an unfinished chain's record is left to its owner before others resume it",
+    )
+    lease_namespace: str = Field(
+        default_factory=lambda: _own_namespace(), description="Namespace of the processes' liveness Leases"
+    )
+    lease_duration: float = Field(
+        30.0, ge=3, le=3600, description="Seconds a process's liveness Lease lasts unrenewed (renewed every third)"
     )
 
     config: Path | None = Field(None, description="YAML config file with routes (and any setting)")

@@ -28,8 +28,7 @@ log = logging.getLogger("policyflow.detect")
 
 def _scan(deps: Deps) -> Scan:
     return deps.retry.run_sync(
-        lambda: scan_cluster(deps.kube, deps.settings, deps.routing, now=deps.clock.now(),
-                             lease_seconds=deps.settings.claim_lease),
+        lambda: scan_cluster(deps.kube, deps.settings, deps.routing, now=deps.clock.now()),
         what="detect-violations", log=log,
     )
 

@@ -17,6 +17,7 @@ from policyflow.domain.ledger import Record
 from policyflow.domain.model import Violation
 from policyflow.domain.routing import RoutingTable
 from policyflow.domain.testrun import execution_url
+from policyflow.liveness import ProcessLease
 from policyflow.records import RecordStore
 from policyflow.retry import RetryPolicy
 from policyflow.settings import Settings
@@ -89,11 +90,12 @@ class Deps:
     pydantic models looking for futures; this one it passes as it is.
     """
 
-    __slots__ = ("clock", "kube", "observer", "owner", "records", "retry", "routing", "settings", "testkube")
+    __slots__ = ("clock", "kube", "lease", "observer", "owner", "records", "retry", "routing", "settings",
+                 "testkube")
 
     def __init__(self, *, settings: Settings, routing: RoutingTable, kube: KubeClient, records: RecordStore,
-                 testkube: TestkubeClients, clock: Clock, owner: str, retry: RetryPolicy,
-                 observer: Observer) -> None:
+                 testkube: TestkubeClients, clock: Clock, owner: str, retry: RetryPolicy, observer: Observer,
+                 lease: ProcessLease | None) -> None:
         self.settings = settings
         self.routing = routing
         self.kube = kube
@@ -103,6 +105,15 @@ class Deps:
         self.owner = owner
         self.retry = retry
         self.observer = observer
+        #: This process's liveness Lease, when Leases can be used here (else records are refreshed).
+        self.lease = lease
+
+    def close(self) -> None:
+        """Give the Lease back (this process's in-flight records are free at once) and close the
+        cluster client. Idempotent."""
+        if self.lease is not None:
+            self.lease.stop()
+        self.kube.close()
 
     def execution_link(self, workflow: str, execution_id: str) -> str:
         """Where a person looks at an execution (the dashboard when configured, else the API)."""

@@ -42,6 +42,7 @@ from policyflow.domain.reports import parse_report
 from policyflow.domain.routing import RoutedTest
 from policyflow.domain.status import IN_FLIGHT, Status
 from policyflow.domain.testrun import Execution, execution_request, execution_tags
+from policyflow.liveness import owner_is_alive
 
 log = logging.getLogger("policyflow.chain")
 
@@ -78,10 +79,15 @@ async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
         labels = {str(k): str(v) for k, v in (metadata.get("labels") or {}).items()}
         generation = metadata.get("generation") if isinstance(metadata.get("generation"), int) else None
     track = deps.settings.track_resource_changes and generation is not None and violation.resource.uid
+    now = deps.clock.now()
+    live = None  # Leases unusable here (this process holds none): the record's age decides
+    if deps.lease is not None and record is not None and record.status in IN_FLIGHT and record.owner and \
+            record.owner != deps.owner:
+        live = await asyncio.to_thread(owner_is_alive, deps.kube, deps.settings.lease_namespace, record.owner, now)
     planned = plan_violation(
         violation, record,
         generations={violation.resource.uid or "": generation} if track and generation is not None else None,
-        now=deps.clock.now(), lease_seconds=deps.settings.claim_lease,
+        now=now, lease_seconds=deps.settings.claim_lease, live_owners=live,
     )
     planned = adjust_plan(planned, record, owner=deps.owner, mode=mode)
     log.info("%s: %s (episode %d, %s)", violation.title, planned.action.value, planned.episode, planned.reason)
@@ -160,8 +166,8 @@ async def await_result(deps: Deps, report: ReportRef, triggered: Triggered) -> A
             log.info("%s: polling %s: %s", title, execution.name, exc)
             continue
         failing_since = None
-        if clock.monotonic() - heartbeat > settings.claim_lease / 3:
-            # Refresh the record so other pollers see this chain is alive (see Record.owner).
+        if deps.lease is None and clock.monotonic() - heartbeat > settings.claim_lease / 3:
+            # No liveness Lease here: refresh the record so others see this chain is alive.
             record = replace(record, status=Status.RUNNING, updated=clock.stamp(), owner=deps.owner)
             await asyncio.to_thread(deps.records.write, report, record)
             heartbeat = clock.monotonic()

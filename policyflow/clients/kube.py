@@ -14,6 +14,7 @@ policyflow itself; 404; 422 ``Too long`` on annotations; 400/422: not retried).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -371,6 +372,52 @@ class KubeClient:
                           content_type="application/json", what="create events")
         except AlreadyExists:
             log.debug("event %s already exists", event["metadata"].get("name"))
+
+    # --- process leases (coordination.k8s.io) ---------------------------------------------------
+
+    @staticmethod
+    def _lease_path(namespace: str, name: str | None = None) -> str:
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{quote(namespace, safe='')}/leases"
+        return f"{path}/{quote(name, safe='')}" if name else path
+
+    def create_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a Lease (AlreadyExists when one has its name)."""
+        result: dict[str, Any] = self._request("POST", self._lease_path(lease["metadata"]["namespace"]),
+                                               body=dict(lease), content_type="application/json",
+                                               what="create leases")
+        return result
+
+    def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace a Lease; with ``metadata.resourceVersion``, only that version (ConflictError if not)."""
+        metadata = lease["metadata"]
+        result: dict[str, Any] = self._request("PUT", self._lease_path(metadata["namespace"], metadata["name"]),
+                                               body=dict(lease), content_type="application/json",
+                                               what="update leases")
+        return result
+
+    def get_lease(self, namespace: str, name: str) -> dict[str, Any]:
+        """A Lease (NotFoundError when there is none)."""
+        result: dict[str, Any] = self._request("GET", self._lease_path(namespace, name), what="get leases")
+        return result
+
+    def list_leases(self, namespace: str, *, label_selector: str) -> list[dict[str, Any]]:
+        """The Leases in ``namespace`` that ``label_selector`` selects (few: one per policyflow process)."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            query: dict[str, str | int] = {"labelSelector": label_selector, "limit": 500}
+            if token:
+                query["continue"] = token
+            page = self._request("GET", self._lease_path(namespace), query=query, what="list leases")
+            items += [i for i in (page or {}).get("items") or [] if isinstance(i, dict)]
+            token = ((page or {}).get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
+
+    def delete_lease(self, namespace: str, name: str) -> None:
+        """Delete a Lease (one already gone counts as deleted)."""
+        with contextlib.suppress(NotFoundError):
+            self._request("DELETE", self._lease_path(namespace, name), what="delete leases")
 
     # --- preflight (policyflow check) -----------------------------------------------------------
 

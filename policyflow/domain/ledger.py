@@ -171,6 +171,7 @@ def plan_report(
     generations: Mapping[str, int] | None = None,
     now: datetime,
     lease_seconds: float,
+    live_owners: frozenset[str] | None = None,
 ) -> ReportPlan:
     """Decide, for one report, which violations start an episode, which resume one, which are done.
 
@@ -178,9 +179,11 @@ def plan_report(
     violation whose resource has a newer generation than the one its record saw starts a new episode
     (the resource was changed and still fails). Without it, resource changes are not looked at.
 
-    An in-flight record written less than ``lease_seconds`` before ``now`` belongs to a chain that
-    is still alive (chains refresh their record while they wait): it is left alone. An older one was
-    left behind by a chain that died: it is resumed.
+    An in-flight record whose owner is alive belongs to a chain that is still running: it is left
+    alone; one whose owner is gone was left behind by a chain that died: it is resumed at once.
+    ``live_owners`` are the processes whose Lease is current (see ``domain.owners``); when they cannot
+    be known (no permission to read Leases), an owner counts as alive while its record is younger than
+    ``lease_seconds`` (such chains refresh their record while they wait).
     """
     plan = ReportPlan()
     seen: set[str] = set()
@@ -190,7 +193,7 @@ def plan_report(
         seen.add(violation.key)
         record = records.get(violation.key)
         plan.planned.append(plan_violation(violation, record, generations=generations, now=now,
-                                           lease_seconds=lease_seconds))
+                                           lease_seconds=lease_seconds, live_owners=live_owners))
     for key, record in records.items():
         if key not in seen and record.status in FINISHED:
             plan.resolved.append(record)
@@ -204,6 +207,7 @@ def plan_violation(
     generations: Mapping[str, int] | None,
     now: datetime,
     lease_seconds: float,
+    live_owners: frozenset[str] | None = None,
 ) -> Planned:
     """What to do about one violation given its record (see :func:`plan_report`)."""
     if record is None:
@@ -211,9 +215,8 @@ def plan_violation(
     if record.status is Status.RESOLVED:
         return Planned(violation, Action.NEW, record.episode + 1, record, "failing again after it resolved")
     if record.status in IN_FLIGHT:
-        age = record_age(record, now)
         # A chain that gave up releases its record (owner cleared): resume it at once.
-        if record.owner and age is not None and age < lease_seconds:
+        if record.owner and owner_alive(record, now=now, lease_seconds=lease_seconds, live_owners=live_owners):
             return Planned(violation, Action.BUSY, record.episode, record, f"{record.status}, chain alive")
         return Planned(violation, Action.RESUME, record.episode, record, f"chain unfinished ({record.status})")
     current = generations.get(violation.resource.uid or "") if generations is not None else None
@@ -226,6 +229,15 @@ def plan_violation(
             f"resource changed (generation {record.generation} -> {current}) and still fails",
         )
     return Planned(violation, Action.HANDLED, record.episode, record, f"handled ({record.status})")
+
+
+def owner_alive(record: Record, *, now: datetime, lease_seconds: float, live_owners: frozenset[str] | None) -> bool:
+    """Whether the process that owns ``record``'s chain is alive: its Lease is current, or (Leases
+    unknown) its record is younger than ``lease_seconds``."""
+    if live_owners is not None:
+        return record.owner in live_owners
+    age = record_age(record, now)
+    return age is not None and age < lease_seconds
 
 
 def record_age(record: Record, now: datetime) -> float | None:

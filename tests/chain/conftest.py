@@ -68,7 +68,7 @@ def make_deps(kubeconfig: Path, testkube: TestkubeStandin, heard: Heard,
 
     yield make
     for deps in made:
-        deps.kube.close()
+        deps.close()
 
 
 @pytest.fixture
