@@ -63,6 +63,13 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
     summary = CycleSummary(counters=scan.counters, problems=list(scan.problems))
     chains = [f for f in scan.findings if f.needs_chain]
     for finding in scan.findings:
+        if finding.planned.action is Action.BUSY:
+            # In flight under another live process: not this cycle's to run, but not done either.
+            record = finding.planned.record
+            summary.outcomes.append(ChainOutcome(
+                finding.violation.key, finding.violation.title, record.workflow if record else None,
+                record.execution_name if record else None, Outcome.BUSY,
+                detail=f"in flight under {record.owner if record else 'another process'}"))
         if finding.planned.action is not Action.NEW:
             continue
         metrics.VIOLATIONS_DETECTED.inc()

@@ -66,9 +66,9 @@ TEST_DONE = frozenset({Status.PASSED, Status.FAILED, Status.ABORTED, Status.CANC
 FINISHED = TEST_DONE | {Status.ERROR}
 #: Test results that are not a pass (exit status 1 of a cycle).
 NOT_PASSED = frozenset({Outcome.FAILED, Outcome.ABORTED, Outcome.CANCELED, Outcome.TIMEDOUT})
-#: Chain ends that leave work for a later cycle or a retry (exit status 3 of a cycle).
+#: Chain ends that leave work for a later cycle, a retry or another live process (exit status 3).
 UNFINISHED = frozenset({Outcome.UNFINISHED, Outcome.REFUSED, Outcome.ERROR, Outcome.PENDING,
-                        Outcome.QUEUED, Outcome.RUNNING})
+                        Outcome.QUEUED, Outcome.RUNNING, Outcome.BUSY})
 
 #: Testkube's execution statuses (SOURCES 3.6: ``model_test_workflow_status.go``) as ledger statuses.
 #: ``stopping`` is not terminal: the run is still going.

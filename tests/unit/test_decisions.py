@@ -185,7 +185,8 @@ def test_every_ledger_status_is_an_outcome() -> None:
 
 
 @pytest.mark.parametrize(("statuses", "code"), [
-    ([Outcome.PASSED, Outcome.RESOLVED, Outcome.BUSY, Outcome.UNROUTED, Outcome.SUBMITTED], EXIT_OK),
+    ([Outcome.PASSED, Outcome.RESOLVED, Outcome.UNROUTED, Outcome.SUBMITTED], EXIT_OK),
+    ([Outcome.PASSED, Outcome.BUSY], EXIT_UNFINISHED),  # in flight under another live process
     ([Outcome.PASSED, Outcome.TIMEDOUT], EXIT_TEST_NOT_PASSED),
     ([Outcome.FAILED, Outcome.REFUSED], EXIT_UNFINISHED),
     ([Outcome.ERROR], EXIT_UNFINISHED),
