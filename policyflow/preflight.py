@@ -199,7 +199,8 @@ def _cluster_checks(kube: KubeClient, settings: Settings, permissions: list[Perm
     unread = {(kind.group, kind.plural) for kind in REPORT_KINDS if not served.get(kind, False)}
     for permission in permissions:
         try:
-            allowed = kube.access_review(verb=permission.verb, group=permission.group, resource=permission.resource)
+            allowed = kube.access_review(verb=permission.verb, group=permission.group, resource=permission.resource,
+                                         namespace=settings.lease_namespace if permission.own_namespace else None)
         except PolicyflowError as exc:
             yield Check("permissions", False, detail=f"could not ask the cluster (SelfSubjectAccessReview): {exc}")
             return
@@ -218,8 +219,9 @@ def permission_check(permission: Permission, allowed: bool, *, read: bool = True
     if permission.required:
         return Check(name, False, detail=f"refused (used for: {permission.why}): grant {permission.verb} on "
                      f"{permission.resource} in policyflow's ClusterRole ({RBAC_FILE})")
+    role = "Role in its own namespace" if permission.own_namespace else "ClusterRole"
     return Check(name, False, required=False, detail=f"refused (used for: {permission.why}; optional): grant it in "
-                 f"policyflow's ClusterRole ({RBAC_FILE}) to have it")
+                 f"policyflow's {role} ({RBAC_FILE}) to have it")
 
 
 # --- Testkube -------------------------------------------------------------------------------------

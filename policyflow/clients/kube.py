@@ -426,13 +426,16 @@ class KubeClient:
         data = self._request("GET", "/version", what="get /version")
         return str((data or {}).get("gitVersion") or "unknown version")
 
-    def access_review(self, *, verb: str, group: str, resource: str) -> bool:
-        """Whether policyflow's credentials may ``verb`` ``resource`` in ``group`` cluster-wide, as the
-        apiserver's authorizer answers a SelfSubjectAccessReview (``group`` "" is core)."""
+    def access_review(self, *, verb: str, group: str, resource: str, namespace: str | None = None) -> bool:
+        """Whether policyflow's credentials may ``verb`` ``resource`` in ``group`` cluster-wide (or in
+        ``namespace``), as the apiserver's authorizer answers a SelfSubjectAccessReview (``group`` "" is core)."""
+        attributes = {"verb": verb, "group": group, "resource": resource}
+        if namespace:
+            attributes["namespace"] = namespace
         review = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SelfSubjectAccessReview",
-            "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource}},
+            "spec": {"resourceAttributes": attributes},
         }
         data = self._request("POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", body=review,
                              content_type="application/json", what="create selfsubjectaccessreviews")

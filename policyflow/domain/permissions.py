@@ -10,17 +10,20 @@ from policyflow.domain.model import REPORT_KINDS
 
 @dataclass(frozen=True, slots=True)
 class Permission:
-    """One verb on one resource, cluster-wide. ``required``: policyflow cannot work without it."""
+    """One verb on one resource, cluster-wide (``own_namespace``: only in policyflow's own namespace,
+    ``lease_namespace``). ``required``: policyflow cannot work without it."""
 
     verb: str
     group: str
     resource: str
     required: bool
     why: str
+    own_namespace: bool = False
 
     def __str__(self) -> str:
         group = self.group or "core"
-        return f"{self.verb} {self.resource} ({group})"
+        where = ", own namespace" if self.own_namespace else ""
+        return f"{self.verb} {self.resource} ({group}{where})"
 
 
 def needed(resource_kinds: tuple[tuple[str, str], ...] = (("apps", "deployments"),)) -> list[Permission]:
@@ -36,4 +39,8 @@ def needed(resource_kinds: tuple[tuple[str, str], ...] = (("apps", "deployments"
     for group, plural in resource_kinds:
         permissions.append(Permission("get", group, plural, False, "labels for routing"))
         permissions.append(Permission("list", group, plural, False, "notice changed resources"))
+    for verb in ("get", "list", "create", "update", "delete"):
+        permissions.append(Permission(verb, "coordination.k8s.io", "leases", False,
+                                      "each process's liveness Lease: a crashed one's chains resume at once",
+                                      own_namespace=True))
     return permissions

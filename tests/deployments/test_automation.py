@@ -25,7 +25,7 @@ def emitted_resource(status: Status, monkeypatch: pytest.MonkeyPatch) -> dict[st
                         lambda event, resource, **kw: captured.append({"event": event, "resource": resource}))
     record = Record(key="0123456789abcdef", policy="require-resources", rule="r", resource="default/Deployment/x",
                     status=status, episode=1, report_uid="u", updated="", workflow="smoke-nova")
-    observe.emit_test_event(observe.EVENT_FINISHED, record, namespace="default")
+    observe.PrefectObserver().test_finished(record, namespace="default", url=None)
     (event,) = captured
     assert event["event"] == "policyflow.test.finished"
     resource: dict[str, str] = event["resource"]

@@ -198,6 +198,8 @@ def test_kustomization_renders_offline_with_kubectl() -> None:
         ("ClusterRole", "policyflow-resource-reader"),
         ("ClusterRoleBinding", "policyflow"),
         ("ClusterRoleBinding", "policyflow-resource-reader"),
+        ("Role", "policyflow-leases"),
+        ("RoleBinding", "policyflow-leases"),
         ("Secret", "policyflow-testkube"),
         ("ConfigMap", "policyflow-config"),
         ("Deployment", "policyflow"),
@@ -247,11 +249,16 @@ def test_all_namespaced_objects_live_in_the_policyflow_namespace(rendered: list[
             assert obj["metadata"].get("namespace") == namespace, obj["kind"]
 
 
-def test_cluster_roles_grant_exactly_what_policyflow_needs(rendered: list[Obj]) -> None:
-    required = {(p.verb, p.group, p.resource) for p in needed() if p.required}
-    optional = {(p.verb, p.group, p.resource) for p in needed() if not p.required}
+def test_roles_grant_exactly_what_policyflow_needs(rendered: list[Obj]) -> None:
+    required = {(p.verb, p.group, p.resource) for p in needed() if p.required and not p.own_namespace}
+    optional = {(p.verb, p.group, p.resource) for p in needed() if not p.required and not p.own_namespace}
+    own = {(p.verb, p.group, p.resource) for p in needed() if p.own_namespace}
     assert granted(only(rendered, "ClusterRole", "policyflow")) == required
     assert granted(only(rendered, "ClusterRole", "policyflow-resource-reader")) == optional
+    assert granted(only(rendered, "Role", "policyflow-leases")) == own
+    binding = only(rendered, "RoleBinding", "policyflow-leases")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "policyflow-leases"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "policyflow", "namespace": "policyflow"}]
 
 
 def test_both_roles_are_bound_to_the_service_account(rendered: list[Obj]) -> None:
@@ -387,7 +394,7 @@ def deployment(prefect_yaml: Obj, name: str) -> Obj:
 
 
 ENTRYPOINTS = {
-    "policy-watch": "flows/policy_watch.py:policy_watch",
+    "policy-watch": "flows/poll.py:poll_reports",
     "handle-violation": "flows/handle_violation.py:handle_violation",
     "handle-violations": "flows/handle_violations.py:handle_violations",
     "retry-failed-triggers": "flows/retry_failed.py:retry_failed_triggers",
