@@ -6,8 +6,8 @@ under ``shared/specs/kube`` (see the checklist in its README), over real HTTP:
 * Discovery (:mod:`.discovery`): ``/version``, ``/api``, ``/apis``, ``/apis/{group}[/{version}]``, with and
   without a trailing slash. Anything the server cannot route is ``404`` text/plain ``404 page not found``.
 * Resources (:mod:`.resources`): custom resources from CRD YAMLs (every served version, scope from the
-  CRD), core/v1 ``namespaces``, ``events``, ``pods``, apps/v1 ``deployments`` and authorization.k8s.io/v1
-  ``selfsubjectaccessreviews``. CR bodies are
+  CRD), core/v1 ``namespaces``, ``events``, ``pods``, apps/v1 ``deployments``, coordination.k8s.io/v1
+  ``leases`` (:mod:`.lease`) and authorization.k8s.io/v1 ``selfsubjectaccessreviews``. CR bodies are
   pruned and validated against the structural schema (:mod:`.schema`, :mod:`.admission`).
 * One global ``resourceVersion`` counter and a change history (:mod:`.store`); lists with
   ``limit``/``continue`` from a consistent snapshot, label/field selectors, ``resourceVersionMatch=Exact``

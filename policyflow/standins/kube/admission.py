@@ -2,7 +2,7 @@
 
 Order and messages follow the apiserver: apiVersion/kind must match the URL (400), unknown fields are
 pruned with a warning (400 under ``fieldValidation=Strict``), schema violations are collected as 422
-causes, and the typed kinds get their defaults (Event, Namespace).
+causes, and the typed kinds get their defaults (Event, Namespace) or their own decoder (Lease).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from policyflow.standins.kube.errors import cause, details, error, invalid, undecodable
+from policyflow.standins.kube.lease import decode_lease, is_lease, validate_lease
 from policyflow.standins.kube.objects import META_FIELDS, Obj
 from policyflow.standins.kube.resources import Resource
 from policyflow.standins.kube.schema import check_schema
@@ -39,6 +40,9 @@ def admit(res: Resource, obj: Obj, validation: str) -> tuple[Obj, list[str], lis
                                     "metadata.annotations"))  # fmt: skip
     if res.schema is not None:
         obj = check_schema(obj, res.schema, "", unknown, causes)
+    if is_lease(res):
+        obj = decode_lease(res, obj, unknown)
+        causes += validate_lease(obj)
     unknown.sort()
     if unknown and validation == "Strict":
         fields = ", ".join(f'unknown field "{f}"' for f in unknown)

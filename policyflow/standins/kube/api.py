@@ -169,7 +169,16 @@ class KubeApi:
             if body_name and body_name != name:
                 raise error(400, f"the name of the object ({body_name}) does not match the name on the URL ({name})")
             if old is None:
-                raise not_found(res, name)
+                if not res.create_on_update:
+                    raise not_found(res, name)
+                meta = body.get("metadata")
+                if meta is None:
+                    meta = body["metadata"] = {}
+                if isinstance(meta, dict):  # anything else is refused by the create path
+                    meta.setdefault("name", name)
+                    meta.pop("resourceVersion", None)  # storage clears it on a create-on-update
+                created, warnings = self._store.create(res, namespace, body, validation=validation)
+                return json_response(created, 201, warnings=warnings)
             subresource = call.params.get("subresource", "")
             updated, warnings = self._store.update(res, old, body, subresource=subresource, validation=validation)
         return json_response(updated, warnings=warnings)

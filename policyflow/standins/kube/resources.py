@@ -1,7 +1,7 @@
 """What the stand-in serves: built-in kinds plus the resources of CustomResourceDefinitions.
 
 A :class:`Resource` is one group/version/resource as discovery describes it, plus the few strategy
-switches the store needs (generation, status subresource, unconditional update).
+switches the store needs (generation, status subresource, unconditional update, create on update).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class Resource:
     status_subresource: bool = False
     has_generation: bool = True
     unconditional_update: bool = False  # PUT without resourceVersion is allowed (most built-ins)
+    create_on_update: bool = False  # PUT of a missing object creates it (Lease)
     delete_returns_object: bool = False
     fields: tuple[tuple[str, str], ...] = ()  # extra field-selector labels -> dotted path
 
@@ -95,8 +96,12 @@ BUILTIN_RESOURCES = (
              status_subresource=True),
     _builtin("authorization.k8s.io", "selfsubjectaccessreviews", "SelfSubjectAccessReview", False,
              has_generation=False, verbs=("create",)),
+    # pkg/registry/coordination/lease/strategy.go: no generation, AllowUnconditionalUpdate false,
+    # AllowCreateOnUpdate true.
+    _builtin("coordination.k8s.io", "leases", "Lease", True, has_generation=False, unconditional_update=False,
+             create_on_update=True),
 )  # fmt: skip
-BUILTIN_GROUP_ORDER = {"": 0, "apps": 1, "authorization.k8s.io": 2}
+BUILTIN_GROUP_ORDER = {"": 0, "apps": 1, "authorization.k8s.io": 2, "coordination.k8s.io": 3}
 """Where the apiserver lists the built-in groups (``/apis``), before every CRD group."""
 
 
