@@ -283,7 +283,7 @@ def step_01(cluster: Cluster) -> None:
         assert answer.status == 200 and answer.body["kind"] == "APIGroupList"
         recorded = {g["name"]: g for g in exchange["response"]["body"]["groups"]}
         names = [g["name"] for g in answer.body["groups"]]
-        assert names == ["apps", "authorization.k8s.io", "openreports.io", "wgpolicyk8s.io"]
+        assert names == ["apps", "authorization.k8s.io", "coordination.k8s.io", "openreports.io", "wgpolicyk8s.io"]
         assert all(group == recorded[group["name"]] for group in answer.body["groups"])
 
 
