@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from policyflow import bootstrap
 from policyflow import settings as settings_module
 from policyflow.chain.deps import Deps
+from policyflow.clock import Clock
 from policyflow.domain.ledger import Record
 from policyflow.domain.model import Violation
 from policyflow.standins.kube import KubeStandin
@@ -56,13 +58,13 @@ def make_deps(kubeconfig: Path, testkube: TestkubeStandin, heard: Heard,
             monkeypatch.delenv(name)
     made: list[Deps] = []
 
-    def make(**overrides: Any) -> Deps:
+    def make(clock: Clock | None = None, **overrides: Any) -> Deps:
         values: dict[str, Any] = {
             "kubeconfig": str(kubeconfig), "testkube_url": testkube.url, "default_workflow": "smoke-nova",
             "poll_interval": 0.01, "poll_interval_max": 0.05, "retry_delay": 0.01, "testkube_timeout": 2,
             **overrides,
         }
-        deps = bootstrap.build(*settings_module.load(values), observer=heard)
+        deps = bootstrap.build(*settings_module.load(values), observer=heard, clock=clock)
         made.append(deps)
         return deps
 
@@ -75,3 +77,13 @@ def make_deps(kubeconfig: Path, testkube: TestkubeStandin, heard: Heard,
 def failing(kube: KubeStandin) -> dict[str, Any]:
     """The seed's failing PolicyReport for Deployment default/nginx-no-cpu."""
     return load_report(kube, resource=deploy(kube, "nginx-no-cpu"))
+
+
+class Later(Clock):
+    """The system clock, ``seconds`` ahead: another process's Lease has expired by its reading."""
+
+    def __init__(self, seconds: float) -> None:
+        self.ahead = timedelta(seconds=seconds)
+
+    def now(self) -> datetime:
+        return super().now() + self.ahead

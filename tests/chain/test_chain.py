@@ -13,12 +13,13 @@ from typing import Any
 from policyflow.chain.run import DirectSteps, run_chain
 from policyflow.domain.decisions import RunMode, route_digest
 from policyflow.domain.outcome import ChainOutcome
+from policyflow.domain.owners import lease_name
 from policyflow.domain.ref import ViolationRef
 from policyflow.domain.routing import RoutedTest
 from policyflow.domain.status import Outcome
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.chain.conftest import Heard, Make
+from tests.chain.conftest import Heard, Later, Make
 from tests.helpers import records
 
 POLICY, RULE = "require-resources", "require-resources-in-deployment"
@@ -71,6 +72,34 @@ def test_another_live_owner_makes_it_busy_and_nothing_starts(
     asyncio.run(run_chain(ref_of(failing), other, DirectSteps(other), until_started=True))
     outcome = chain(make_deps, ref_of(failing))
     assert outcome.status is Outcome.BUSY
+    assert len(testkube.executions) == 1
+
+
+def test_a_process_that_stopped_cleanly_leaves_its_chains_free_at_once(
+    make_deps: Make, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    testkube.set_outcome("smoke-nova", "never")
+    first = make_deps()
+    asyncio.run(run_chain(ref_of(failing), first, DirectSteps(first), until_started=True))
+    assert kube.get("coordination.k8s.io/v1", "Lease", lease_name(first.owner), "default") is not None
+    first.close()  # its Lease is deleted: no waiting out anything
+    assert kube.get("coordination.k8s.io/v1", "Lease", lease_name(first.owner), "default") is None
+    testkube.set_outcome("smoke-nova", "passed")
+    assert chain(make_deps, ref_of(failing)).status is Outcome.PASSED
+    assert len(testkube.executions) == 1
+
+
+def test_a_crashed_processs_chains_are_busy_while_its_lease_lasts_then_resumed(
+    make_deps: Make, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    testkube.set_outcome("smoke-nova", "never")
+    crashed = make_deps()  # never closed: its Lease stays until it expires
+    asyncio.run(run_chain(ref_of(failing), crashed, DirectSteps(crashed), until_started=True))
+    testkube.set_outcome("smoke-nova", "passed")
+    assert chain(make_deps, ref_of(failing)).status is Outcome.BUSY
+    # Read when the Lease (lease_duration, 30 s) has run out: the episode is free, and resumed.
+    resumed = chain(make_deps, ref_of(failing), clock=Later(31))
+    assert resumed.status is Outcome.PASSED
     assert len(testkube.executions) == 1
 
 
