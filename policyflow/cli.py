@@ -17,10 +17,13 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policyflow.domain.errors import ConfigError, PolicyflowError
 from policyflow.domain.outcome import EXIT_UNFINISHED, EXIT_USAGE
+
+if TYPE_CHECKING:
+    from policyflow.chain.deps import Deps
 
 log = logging.getLogger("policyflow")
 
@@ -139,9 +142,9 @@ def _scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prepare_flows(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> None:
+def _prepare_flows(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Deps:
     """Load and check the settings, build this process's dependencies and install them for the flows
-    it runs in-process."""
+    it runs in-process (the caller closes them when its work is done)."""
     from policyflow import settings as settings_module
 
     settings, routing = settings_module.load({**_overrides(args), **(overrides or {})})
@@ -159,8 +162,8 @@ def _prepare_flows(args: argparse.Namespace, overrides: dict[str, Any] | None = 
 
     _quiet_expected_tracebacks(args.log_level)
     deps = bootstrap.build(settings, routing)
-    atexit.register(deps.close)  # this process's Lease goes with it (a crash lets it expire)
     bootstrap.install(deps)
+    return deps
 
 
 def _quiet_expected_tracebacks(level: str) -> None:
@@ -185,14 +188,27 @@ def run_cycle(args: argparse.Namespace, *, retry_failed: bool = False, overrides
     """``run-once`` (or ``retry-failed``): one cycle in this process; its table; its exit status."""
     import asyncio
 
-    _prepare_flows(args, overrides)
-    if retry_failed:
-        from flows.retry_failed import retry_failed_triggers
+    deps = _prepare_flows(args, overrides)
+    try:
+        if retry_failed:
+            from flows.retry_failed import retry_failed_triggers
 
-        return _print_outcomes(asyncio.run(retry_failed_triggers()))
-    from flows.poll import poll_reports
+            return _print_outcomes(asyncio.run(retry_failed_triggers()))
+        from flows.poll import poll_reports
 
-    return _print_outcomes(asyncio.run(poll_reports()))
+        return _print_outcomes(asyncio.run(poll_reports()))
+    finally:
+        # The command is done: its Lease goes (what it left in flight is free at once), and so do
+        # the dependencies it installed.
+        _uninstall(deps)
+
+
+def _uninstall(deps: Deps) -> None:
+    """Uninstall and close ``deps`` (the next command in this process builds its own)."""
+    from policyflow import bootstrap
+
+    bootstrap.install(None)
+    deps.close()
 
 
 def _print_outcomes(summary: Any) -> int:
@@ -228,7 +244,7 @@ def _serve(args: argparse.Namespace) -> int:
         if value:
             os.environ[name] = str(Path(value).resolve()) if name != "POLICYFLOW_CONTEXT" else value
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="policyflow-metrics-"))
-    _prepare_flows(args)
+    atexit.register(_prepare_flows(args).close)  # this process's Lease goes with it (a crash lets it expire)
     from prefect import serve
 
     from flows.serving import deployments
@@ -244,12 +260,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     import asyncio
 
-    _prepare_flows(args)
+    deps = _prepare_flows(args)
     from flows.watching import watch
-    from policyflow import bootstrap
 
-    asyncio.run(watch(bootstrap.for_flows(), resync_seconds=args.resync, chain_deployment=args.chain_deployment,
-                      batch_deployment=args.batch_deployment))
+    try:
+        asyncio.run(watch(deps, resync_seconds=args.resync, chain_deployment=args.chain_deployment,
+                          batch_deployment=args.batch_deployment))
+    finally:
+        deps.close()
     return 0
 
 
