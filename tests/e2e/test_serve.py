@@ -131,10 +131,15 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     assert 'policyflow_violations_detected_total 1.0' in body
     assert "policyflow_poll_duration_seconds_count" in body
 
+    resource_id = f"policyflow.violation.{execution['tags']['policyflow-key']}"
+
     def policyflow_events() -> list[dict[str, Any]] | None:
-        found = httpx.post(f"{api_url()}/events/filter", json={"filter": {"event": {"prefix": ["policyflow."]}}},
-                           timeout=10).json()["events"]
-        return found if any(e["event"] == "policyflow.test.finished" for e in found) else None
+        """This violation's events (the session's server has other tests' too), once all three are in."""
+        found = httpx.post(f"{api_url()}/events/filter", timeout=10, json={"filter": {
+            "event": {"prefix": ["policyflow."]}, "resource": {"id": [resource_id]}}}).json()["events"]
+        names = {e["event"] for e in found}
+        return found if {"policyflow.violation.detected", "policyflow.test.started",
+                         "policyflow.test.finished"} <= names else None
 
     # Events travel asynchronously (client worker, then the server's pipeline): wait for them.
     events = wait_until("policyflow's events", policyflow_events, timeout=60)

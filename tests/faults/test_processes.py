@@ -183,8 +183,9 @@ def test_two_pollers_at_once(
     reports = failing_reports(kube, 6)
     a, b = spawn("run-once"), spawn("run-once")
     codes = (finish(a), finish(b))
-    # A process that found some of the other's chains in flight says so (busy: exit 3); not both.
-    assert sorted(codes) in ([0, 0], [0, 3]), codes
+    # A process that found some of the other's chains in flight (or lost a claim to it) says so:
+    # busy, exit status 3. Interleaved, both may.
+    assert set(codes) <= {0, 3}, codes
     assert finish(spawn("run-once")) == 0
     assert_exactly_once(kube, testkube, reports, "two processes poll at once", "2 x run-once")
 
