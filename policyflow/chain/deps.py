@@ -36,19 +36,6 @@ class Observer(Protocol):
         """The run's own account of a violation's test (one per violation run)."""
 
 
-class Silent:
-    """An :class:`Observer` that tells nobody (no Prefect: tests, benchmarks)."""
-
-    def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
-        """Nothing."""
-
-    def test_finished(self, record: Record, *, namespace: str | None, url: str | None) -> None:
-        """Nothing."""
-
-    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None) -> None:
-        """Nothing."""
-
-
 class TestkubeClients:
     """One long-lived Testkube client per event loop (an httpx client belongs to the loop it was
     made on; Prefect runs sync flows and served runs on loops of their own)."""
