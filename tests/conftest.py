@@ -3,30 +3,59 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
 from tests.helpers import Policyflow
-from tests.specs import REPORT_CRDS, TESTKUBE_OPENAPI
+from tests.specs import REPORT_CRDS, ROOT, TESTKUBE_OPENAPI
 
 # Before anything imports Prefect: no telemetry from test servers.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The test server answers 503 with a short Retry-After (tests/prefect_app.py): allow a few more of them.
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
+
+PREFECT_APP = "tests.prefect_app:create_app"
 
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
-    """A real Prefect API (temporary server on SQLite), started once per session, heartbeats off."""
+    """A real Prefect API (temporary server on SQLite), started once per session (per xdist worker),
+    heartbeats off; its 503s say when to retry (tests/prefect_app.py)."""
+    from unittest import mock
+
+    import prefect.testing.utilities
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60), temporary_settings(
-        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    ):
+    with mock.patch.object(prefect.testing.utilities, "SubprocessASGIServer", _retry_soon_server()), \
+            prefect_test_harness(server_startup_timeout=60), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def _retry_soon_server() -> type[Any]:
+    """Prefect's test-harness server, serving tests/prefect_app.py's app instead of Prefect's own."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class RetrySoonServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT), "--factory", PREFECT_APP,
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1",
+                     **get_current_settings().to_environment_variables(exclude_unset=True)},
+            )
+
+    return RetrySoonServer
 
 
 @pytest.fixture(scope="session")
