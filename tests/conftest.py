@@ -19,8 +19,9 @@ from tests.specs import REPORT_CRDS, ROOT, TESTKUBE_OPENAPI
 
 # Before anything imports Prefect: no telemetry from test servers.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-# The test server answers 503 with a short Retry-After (tests/prefect_app.py): allow a few more of them.
-os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "10")
+# The test servers answer 503 with a Retry-After that doubles from 0.25 s (tests/prefect_app.py): 8
+# retries wait about as long in all (0.25 + 0.5 + ... + 32 s) as the client's own 5 (2 + 4 + ... + 32 s).
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 # Served runners (policyflow serve, policyflow demo) look for scheduled and retried runs every second,
 # not every 10 s: a served test waits for the run, not for the runner's next look.
 os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
