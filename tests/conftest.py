@@ -3,40 +3,120 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.helpers import Policyflow
-from tests.specs import REPORT_CRDS, TESTKUBE_OPENAPI
+from tests.helpers import Policyflow, wait_until
+from tests.specs import REPORT_CRDS, ROOT, TESTKUBE_OPENAPI
 
 # Before anything imports Prefect: no telemetry from test servers.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# The test servers answer 503 with a Retry-After that doubles from 0.25 s (tests/prefect_app.py): 8
+# retries wait about as long in all (0.25 + 0.5 + ... + 32 s) as the client's own 5 (2 + 4 + ... + 32 s).
+os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
+# Served runners (policyflow serve, policyflow demo) look for scheduled and retried runs every second,
+# not every 10 s: a served test waits for the run, not for the runner's next look.
+os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+
+PREFECT_APP = "tests.prefect_app:create_app"
 
 
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
-    """A real Prefect API (temporary server on SQLite), started once per session, heartbeats off."""
+    """A real Prefect API (temporary server on SQLite), started once per session (per xdist worker),
+    heartbeats off; its 503s say when to retry (tests/prefect_app.py)."""
+    from unittest import mock
+
+    import prefect.testing.utilities
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60), temporary_settings(
-        updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-    ):
+    with mock.patch.object(prefect.testing.utilities, "SubprocessASGIServer", _retry_soon_server()), \
+            prefect_test_harness(server_startup_timeout=60), \
+            temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
+
+
+def _retry_soon_server() -> type[Any]:
+    """Prefect's test-harness server, serving tests/prefect_app.py's app instead of Prefect's own."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    class RetrySoonServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            return subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT), "--factory", PREFECT_APP,
+                 "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
+                     "PREFECT__SERVER_FINAL": "1",
+                     **get_current_settings().to_environment_variables(exclude_unset=True)},
+            )
+
+    return RetrySoonServer
 
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A full local Prefect server (API, UI, scheduler) for tests that need schedules or the UI; its
-    API URL. Started once per session, only by the tests that ask for it."""
-    from policyflow.localserver import LocalPrefectServer
+    """A full Prefect server (the API with all its services: scheduler, late runs...; no UI) for the
+    tests that need schedules; its API URL. Prefect's app as ``prefect server start`` serves it, its
+    503s saying when to retry (tests/prefect_app.py). Started once per session (per xdist worker:
+    the tests that use it share one xdist group), only by the tests that ask for it."""
+    import httpx
 
-    with LocalPrefectServer(tmp_path_factory.mktemp("prefect-home")) as server:
-        yield server.api_url
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update({
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT__SERVER_FINAL": "1",
+        # New deployments get their scheduled runs within a second or two, not a minute.
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+        "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
+        # A scheduled poll that finds the previous one still running (policy-watch is limited to one
+        # at a time) tries again a second later, not 30 s later.
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+    })
+    api = f"http://127.0.0.1:{port}/api"
+    with (home / "server.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT), "--factory", PREFECT_APP,
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--lifespan", "on"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def healthy() -> bool:
+        assert process.poll() is None, f"the Prefect server exited: {(home / 'server.log').read_text()[-3000:]}"
+        try:
+            return httpx.get(f"{api}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until("the Prefect server", healthy, timeout=120, every=0.2)
+        yield api
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -93,3 +173,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     if not (SPECS / "SOURCES.md").is_file():
         pytest.exit(f"contract files not found at {SPECS}: put shared/ beside the checkout or set "
                     "POLICYFLOW_SPECS", returncode=4)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under xdist (``--dist loadgroup``) the tests that use the full Prefect server share one worker,
+    so the session starts one such server, not one per worker."""
+    for item in items:
+        if "prefect_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("prefect-server"))

@@ -138,13 +138,15 @@ class Screenshots:
         for old in SHOTS.glob("*.png"):
             old.unlink()
 
-    def take(self, name: str) -> Path:
+    def take(self, name: str, *, settle_ms: int = 0) -> Path:
         page = self.page
         page.wait_for_load_state("networkidle")
         size = page.viewport_size or {"width": 1440, "height": 900}
         height = int(page.evaluate(CONTENT_HEIGHT_JS))
         page.set_viewport_size({"width": size["width"], "height": min(max(height, size["height"]), 8000)})
-        page.wait_for_timeout(1000)  # the run graph (a canvas) settles
+        page.wait_for_load_state("networkidle")
+        if settle_ms:
+            page.wait_for_timeout(settle_ms)  # the run graph (a canvas) draws itself: only for the picture
         path = SHOTS / f"{name}.png"
         page.screenshot(path=str(path), full_page=True)
         page.set_viewport_size(size)
@@ -187,7 +189,7 @@ def test_the_demo_ui_shows_the_violation_run_its_task_runs_and_its_artifact(
         expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
         expect(page.get_by_text("4 Task runs", exact=True).first).to_be_visible()
         expect(page.get_by_text("workflow:smoke-nova", exact=True).first).to_be_visible()
-        shots.take("02-flow-run")
+        shots.take("02-flow-run", settle_ms=1000)
 
         tabs = page.get_by_role("tablist")
         tabs.get_by_text("Task Runs", exact=True).click()

@@ -9,9 +9,9 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import wait_until
@@ -19,6 +19,7 @@ from tests.specs import ROOT
 
 pytestmark = [pytest.mark.e2e]
 
+DEPLOYMENTS = ("policy-watch", "handle-violation", "handle-violations", "retry-failed-triggers")
 TROUBLE = re.compile(r"unexpected|Traceback|\bERROR\b|Error\b")
 
 
@@ -31,6 +32,15 @@ def servers_on(port: str) -> list[int]:
             if "server" in args and "start" in args and args[-2:] == ["--port", port]:
                 found.append(int(cmdline.parent.name))
     return found
+
+
+def ready(port: str) -> set[str]:
+    """The names of the demo's deployments that are Ready (their runner polled for work)."""
+    try:
+        response = httpx.post(f"http://127.0.0.1:{port}/api/deployments/filter", json={}, timeout=5)
+    except httpx.HTTPError:
+        return set()
+    return {d["name"] for d in response.json() if d.get("status") == "READY"} if response.is_success else set()
 
 
 def test_ctrl_c_stops_the_runner_then_the_server_without_an_error_line(tmp_path: Path) -> None:
@@ -51,10 +61,12 @@ def test_ctrl_c_stops_the_runner_then_the_server_without_an_error_line(tmp_path:
             return "being served" in out.read_text()
 
         wait_until("the demo's served deployments", serving, timeout=120, every=0.2)
-        # The runner is up (it talks to the API, watches it over websockets) and no flow run is in flight:
-        # the first poll is 30 s away (Ctrl-C cancels runs in flight, which Prefect logs as a crash).
-        time.sleep(3)
         port = re.findall(r"Prefect UI: http://127\.0\.0\.1:(\d+)", out.read_text())[0]
+        # The runner is up: it has asked the demo's Prefect API for scheduled runs of each of its
+        # deployments, which marks them Ready. No flow run is in flight: the first poll is 30 s away
+        # (Ctrl-C cancels runs in flight, which Prefect logs as a crash).
+        wait_until("the runner to poll for its deployments' runs", lambda: ready(port) >= set(DEPLOYMENTS),
+                   timeout=60, every=0.2)
         assert servers_on(port)
         os.killpg(demo.pid, signal.SIGINT)
         assert demo.wait(timeout=15) == 0  # about 3 s

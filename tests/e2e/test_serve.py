@@ -8,8 +8,8 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,13 @@ def flow_runs(flow_name: str) -> list[Any]:
 
     with get_client(sync_client=True) as client:
         return list(client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name]))))
+
+
+def polls_completed_after(moment: Any) -> int:
+    """How many ``policy-watch`` runs started after ``moment`` and completed (read from the Prefect API)."""
+    return sum(1 for run in flow_runs("policy-watch")
+               if run.state_type is not None and run.state_type.value == "COMPLETED"
+               and run.start_time is not None and run.start_time > moment)
 
 
 def run_named(title: str, state: str, *, run_count: int = 1) -> Any:
@@ -149,7 +156,8 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     assert finished["resource"]["policyflow.status"] == "passed"
     assert finished["payload"]["execution"] == execution["id"]
 
-    time.sleep(4)  # at least one more scheduled poll: nothing new, no second run
+    # A scheduled poll that started after the violation's run had finished: nothing new, no second run.
+    wait_until("a later poll to complete", lambda: polls_completed_after(run.end_time) >= 1, timeout=120, every=0.5)
     assert len(testkube.executions) == 1
     assert len([r for r in flow_runs("handle-violation") if r.name == TITLE]) == 1
 
@@ -240,7 +248,10 @@ def test_served_processes_share_submitted_batches_and_start_one_test_per_failure
         wait_until("every failure's outcome on its report",
                    lambda: all([rec["status"] for rec in records(kube, r)] == ["passed"] for r in reports),
                    timeout=180, every=0.5)
-        time.sleep(8)  # two more polls in each process: nothing may start twice
+        # Two more polls, started after every outcome was recorded: nothing may start twice.
+        recorded = datetime.now(UTC)
+        wait_until("two later polls to complete", lambda: polls_completed_after(recorded) >= 2, timeout=120,
+                   every=0.5)
     finally:
         for process in processes:
             process.terminate()

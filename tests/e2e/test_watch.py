@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,11 @@ def test_watch_handles_new_failures_once_and_catches_up(
             assert now is not None
             now["results"][0]["timestamp"]["seconds"] += 3600
             kube.replace(now)
-        time.sleep(2)
+        # Then one more new failure. The watch delivers changes in order, so once this one is handled
+        # the re-scans before it have been looked at too (and must not have started anything).
+        reports.append(kube.create(report_for(template, kube.create(deployment("after-rescans")))))
+        wait_until("the failure after the re-scans to be handled", lambda: status(kube, reports[-1]) == "passed",
+                   timeout=90)
     finally:
         process.terminate()
         process.wait(timeout=30)
