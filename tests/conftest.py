@@ -27,65 +27,67 @@ os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
 
 PREFECT_APP = "tests.prefect_app:create_app"
+# How the tests' Prefect servers run, besides Prefect's defaults: all services (the scheduler too,
+# for the served tests), no UI, and quick to hand out scheduled runs.
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_UI_ENABLED": "false",
+    "PREFECT__SERVER_FINAL": "1",
+    # New deployments get their scheduled runs within a second or two, not a minute.
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+    "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
+    # A scheduled poll that finds the previous one still running (policy-watch is limited to one at a
+    # time) tries again a second later, not 30 s later.
+    "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+}
 
 
 @pytest.fixture(scope="session")
-def prefect_api() -> Iterator[None]:
-    """A real Prefect API (temporary server on SQLite), started once per session (per xdist worker),
-    heartbeats off; its 503s say when to retry (tests/prefect_app.py)."""
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API, started once per session (per xdist worker); its URL. A full server on a
+    temporary SQLite database (all services: served deployments get their scheduled runs), its 503s
+    saying when to retry (tests/prefect_app.py); heartbeats off. Prefect's test harness points this
+    process's Prefect client at it."""
     from unittest import mock
 
     import prefect.testing.utilities
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with mock.patch.object(prefect.testing.utilities, "SubprocessASGIServer", _retry_soon_server()), \
-            prefect_test_harness(server_startup_timeout=60), \
+    with mock.patch.object(prefect.testing.utilities, "SubprocessASGIServer", _tests_server()), \
+            prefect_test_harness(server_startup_timeout=120), \
             temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
+        yield str(PREFECT_API_URL.value())
 
 
-def _retry_soon_server() -> type[Any]:
-    """Prefect's test-harness server, serving tests/prefect_app.py's app instead of Prefect's own."""
+def _tests_server() -> type[Any]:
+    """Prefect's test-harness server, serving tests/prefect_app.py with SERVER_SETTINGS."""
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import get_current_settings
 
-    class RetrySoonServer(SubprocessASGIServer):
+    class TestsServer(SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
             return subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT), "--factory", PREFECT_APP,
                  "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-                env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1",
-                     "PREFECT__SERVER_FINAL": "1",
+                env={**os.environ, **SERVER_SETTINGS,
                      **get_current_settings().to_environment_variables(exclude_unset=True)},
             )
 
-    return RetrySoonServer
+    return TestsServer
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A full Prefect server (the API with all its services: scheduler, late runs...; no UI) for the
-    tests that need schedules; its API URL. Prefect's app as ``prefect server start`` serves it, its
-    503s saying when to retry (tests/prefect_app.py). Started once per session (per xdist worker:
-    the tests that use it share one xdist group), only by the tests that ask for it."""
+@pytest.fixture
+def empty_prefect_api(tmp_path: Path) -> Iterator[str]:
+    """Another Prefect API, on a database of its own, empty: its URL. For a test that loses Prefect's
+    database (the session's API, ``prefect_api``, keeps everything the session ran)."""
     import httpx
 
-    home = tmp_path_factory.mktemp("prefect-home")
+    home = tmp_path / "prefect-home"
+    home.mkdir()
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    env.update({
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT__SERVER_FINAL": "1",
-        # New deployments get their scheduled runs within a second or two, not a minute.
-        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
-        "PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS": "1",
-        # A scheduled poll that finds the previous one still running (policy-watch is limited to one
-        # at a time) tries again a second later, not 30 s later.
-        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
-    })
+    env.update({**SERVER_SETTINGS, "PREFECT_HOME": str(home), "PREFECT__SERVER_EPHEMERAL": "1"})
     api = f"http://127.0.0.1:{port}/api"
     with (home / "server.log").open("wb") as log:
         process = subprocess.Popen(
@@ -102,7 +104,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             return False
 
     try:
-        wait_until("the Prefect server", healthy, timeout=120, every=0.2)
+        wait_until("the other Prefect server", healthy, timeout=120, every=0.2)
         yield api
     finally:
         process.terminate()
@@ -174,11 +176,3 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         pytest.exit(f"contract files not found at {SPECS}: put shared/ beside the checkout or set "
                     "POLICYFLOW_SPECS", returncode=4)
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under xdist (``--dist loadgroup``) the tests that use the full Prefect server share one worker,
-    so the session starts one such server, not one per worker."""
-    for item in items:
-        if "prefect_server" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("prefect-server"))

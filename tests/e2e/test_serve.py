@@ -1,6 +1,6 @@
 """The Prefect way: the deployments served by ``policyflow serve`` (a real subprocess) against the
-session's Prefect API and the stand-ins; retries through the Prefect API and the CLI; ``prefect
-deploy --all`` with the project's prefect.yaml."""
+session's Prefect API (a full server: its scheduler runs the served schedules) and the stand-ins;
+retries through the Prefect API and the CLI; ``prefect deploy --all`` with the project's prefect.yaml."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +40,6 @@ def api_url() -> str:
 
 
 @pytest.fixture
-def on_server(prefect_server: str) -> Iterator[str]:
-    """Point this process's Prefect client at the full local server (it runs the scheduler)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: prefect_server}):
-        yield prefect_server
-
-
-@pytest.fixture
 def scenario(kube: KubeStandin) -> dict[str, Any]:
     return kube.create(report_for(example("policyreport-fail.yaml"), kube.create(deployment("nginx-no-cpu"))))
 
@@ -76,31 +66,77 @@ def run_named(title: str, state: str, *, run_count: int = 1) -> Any:
     return None
 
 
+def serve(env: dict[str, str], log: Path, *, interval: float, metrics_port: int = 0,
+          **extra: str) -> subprocess.Popen[bytes]:
+    """``policyflow serve`` in a subprocess against the session's Prefect API, its output in ``log``."""
+    child_env = {**os.environ, **env, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                 **extra}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "policyflow.cli", "serve", "--interval", f"{interval:g}",
+             "--metrics-port", str(metrics_port)],
+            env=child_env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+
+
+def stop(process: subprocess.Popen[bytes], log: Path) -> None:
+    print(log.read_text()[-6000:])  # shown by pytest when the test fails
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def poll_now() -> Any:
+    """A run of the served ``policy-watch`` deployment, now, as its schedule would start one (through
+    the Prefect API; the served runner picks it up); the flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    def served() -> bool:
+        with get_client(sync_client=True) as client:
+            return any(d.name == "policy-watch" for d in client.read_deployments())
+
+    # (Registered by an earlier test's process on the same server, it may be there already: then the
+    # run waits for this test's runner, which picks up whatever of its deployments is scheduled.)
+    wait_until("the policy-watch deployment to be served", served, timeout=120, every=0.5)
+    return run_deployment("policy-watch/policy-watch", timeout=0)
+
+
+def completed(run: Any) -> bool:
+    """Whether the flow run ``run`` is COMPLETED now (read from the Prefect API)."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run.id).state_type
+    return state is not None and state.value == "COMPLETED"
+
+
 @pytest.fixture
-def served(env: dict[str, str], tmp_path: Path, on_server: str) -> Iterator[dict[str, Any]]:
+def serve_interval() -> float:
+    """The served policy-watch's schedule: none to speak of, unless a test says otherwise. Tests start
+    the polls they need (``poll_now``), so each is a run of its own, not one every few seconds."""
+    return 3600
+
+
+@pytest.fixture
+def served(env: dict[str, str], tmp_path: Path, serve_interval: float) -> Iterator[dict[str, Any]]:
     """``policyflow serve`` in a subprocess: the four deployments and the metrics endpoint."""
     metrics_port = free_port()
-    child_env = {**os.environ, **env, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
     (tmp_path / "metrics").mkdir()
-    log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "policyflow.cli", "serve", "--interval", "3", "--metrics-port", str(metrics_port)],
-        env=child_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-    )
+    log = tmp_path / "serve.log"
+    process = serve(env, log, interval=serve_interval, metrics_port=metrics_port,
+                    PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"))
     try:
-        yield {"metrics": f"http://127.0.0.1:{metrics_port}/metrics", "log": tmp_path / "serve.log",
-               "env": child_env}
+        yield {"metrics": f"http://127.0.0.1:{metrics_port}/metrics", "log": log,
+               "env": {**os.environ, **env, "PREFECT_API_URL": api_url()}}
     finally:
-        print((tmp_path / "serve.log").read_text()[-6000:])  # shown by pytest when the test fails
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop(process, log)
 
 
+@pytest.mark.parametrize("serve_interval", [5])
 def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     served: dict[str, Any], scenario: dict[str, Any], testkube: TestkubeStandin
 ) -> None:
@@ -176,6 +212,7 @@ def test_a_failed_violation_run_retried_through_the_api_does_not_start_a_second_
     # The run starts its execution, then await-result is told the execution does not exist (a
     # permanent error): the violation's run fails with the execution already started.
     testkube.inject(method="GET", path=r"/test-workflow-executions/[0-9a-f]{24}$", status=404)
+    poll_now()
     run = wait_until("the violation's run to fail", lambda: run_named(TITLE, "FAILED"), timeout=180, every=0.5)
     (first,) = testkube.executions
     done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)], env=served["env"],
@@ -211,7 +248,7 @@ def _record(kube: KubeStandin, report: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def test_prefect_deploy_all_with_the_projects_prefect_yaml(on_server: str) -> None:
+def test_prefect_deploy_all_with_the_projects_prefect_yaml() -> None:
     env = {**os.environ, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     subprocess.run(["prefect", "work-pool", "create", "policyflow", "--type", "process", "--overwrite"],
                    env=env, check=True, capture_output=True, timeout=120)
@@ -231,37 +268,28 @@ def test_prefect_deploy_all_with_the_projects_prefect_yaml(on_server: str) -> No
 
 
 def test_served_processes_share_submitted_batches_and_start_one_test_per_failure(
-    env: dict[str, str], tmp_path: Path, on_server: str, kube: KubeStandin, testkube: TestkubeStandin
+    env: dict[str, str], tmp_path: Path, kube: KubeStandin, testkube: TestkubeStandin
 ) -> None:
     """The scale-out path: polls submit the storm's batches as deployment runs (chain_dispatch=submit)
     and two served processes run them; every failure gets exactly one test and its outcome."""
     reports = [kube.create(report_for(example("policyreport-fail.yaml"), kube.create(deployment(f"scale-{i}"))))
                for i in range(6)]
-    child_env = {**os.environ, **env, "PREFECT_API_URL": api_url(), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-                 "POLICYFLOW_CHAIN_DISPATCH": "submit", "POLICYFLOW_STORM_THRESHOLD": "2",
-                 "POLICYFLOW_BATCH_SIZE": "2"}
+    extra = {"POLICYFLOW_CHAIN_DISPATCH": "submit", "POLICYFLOW_STORM_THRESHOLD": "2", "POLICYFLOW_BATCH_SIZE": "2"}
     logs = [tmp_path / f"serve-{i}.log" for i in range(2)]
-    processes = [subprocess.Popen([sys.executable, "-m", "policyflow.cli", "serve", "--interval", "3",
-                                   "--metrics-port", "0"], env=child_env, stdout=log.open("w"),
-                                  stderr=subprocess.STDOUT, cwd=ROOT) for log in logs]
+    processes = [serve(env, log, interval=3600, **extra) for log in logs]
     try:
+        # One poll submits the storm's batches; the two processes' runners share them.
+        poll_now()
         wait_until("every failure's outcome on its report",
                    lambda: all([rec["status"] for rec in records(kube, r)] == ["passed"] for r in reports),
                    timeout=180, every=0.5)
-        # Two more polls, started after every outcome was recorded: nothing may start twice.
-        recorded = datetime.now(UTC)
-        wait_until("two later polls to complete", lambda: polls_completed_after(recorded) >= 2, timeout=120,
+        # Two more polls, after every outcome was recorded: nothing may start twice.
+        later = [poll_now(), poll_now()]
+        wait_until("two later polls to complete", lambda: all(completed(run) for run in later), timeout=120,
                    every=0.5)
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for log in logs:
-            print(log.read_text()[-4000:])
+        for process, log in zip(processes, logs, strict=True):
+            stop(process, log)
     keys = [e["tags"]["policyflow-key"] for e in testkube.executions]
     assert len(keys) == 6 and len(set(keys)) == 6, "one execution per failure, across both processes"
     batches = [r for r in flow_runs("handle-violations") if r.deployment_id is not None

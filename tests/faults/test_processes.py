@@ -202,12 +202,12 @@ def test_prefect_api_unreachable_then_back(
 
 
 def test_prefect_database_wiped_and_even_the_record_lost(
-    spawn: Callable[..., subprocess.Popen[str]], kube: KubeStandin, testkube: TestkubeStandin, prefect_server: str
+    spawn: Callable[..., subprocess.Popen[str]], kube: KubeStandin, testkube: TestkubeStandin, empty_prefect_api: str
 ) -> None:
     reports = failing_reports(kube, 2)
     assert finish(spawn("run-once")) == 0
     # A Prefect server with an empty database: the record on the report says it was handled.
-    assert finish(spawn("run-once", PREFECT_API_URL=prefect_server)) == 0
+    assert finish(spawn("run-once", PREFECT_API_URL=empty_prefect_api)) == 0
     # Worse: the record is gone too (someone removed the annotation). The key-tag lookup on Testkube
     # still finds the episode's execution.
     for report in reports:
@@ -215,7 +215,7 @@ def test_prefect_database_wiped_and_even_the_record_lost(
         assert now is not None
         now["metadata"]["annotations"] = {}
         kube.replace(now)
-    assert finish(spawn("run-once", PREFECT_API_URL=prefect_server)) == 0
+    assert finish(spawn("run-once", PREFECT_API_URL=empty_prefect_api)) == 0
     assert_exactly_once(kube, testkube, reports, "Prefect DB wiped (and annotation removed)", "new Prefect DB")
 
 
