@@ -6,7 +6,7 @@ is locked"), which Prefect's client retries after 2, 4, 8, 16, 32 s unless the a
 ``Retry-After``. The tests make such collisions all the time (a chain's task runs, the task-run
 recorder, logs and events write together), and most of the suite's time used to go to those
 back-offs. Here a 503 says ``Retry-After``: the same exponential back-off, but from 0.25 s instead of
-2 s (0.25, 0.5, 1, 2... for the same request answered 503 again, with jitter, at most 32 s), so the
+2 s (0.25, 0.5, 1, 2... for the same request answered 503 again, with jitter, at most 2 s), so the
 client retries at once and still backs off when the database stays busy. What the server does is
 otherwise Prefect's.
 
@@ -30,9 +30,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class RetrySoon:
     """ASGI middleware: a 503 without ``Retry-After`` gets one, doubling from ``first`` seconds for a
-    request (method, path, query, body) answered 503 again within ``memory`` seconds."""
+    request (method, path, query, body) answered 503 again within ``memory`` seconds, at most
+    ``longest``. The memory is short on purpose: many different calls send identical bodies (a
+    concurrency slot, a filter), and a long memory made each new one wait out the others' back-off
+    (measured: the suite went from 11 to 27 minutes)."""
 
-    def __init__(self, app: ASGIApp, first: float = 0.25, longest: float = 32.0, memory: float = 120.0) -> None:
+    def __init__(self, app: ASGIApp, first: float = 0.25, longest: float = 2.0, memory: float = 3.0) -> None:
         self.app = app
         self.first, self.longest, self.memory = first, longest, memory
         self._refused: dict[bytes, tuple[int, float]] = {}  # request -> (503s so far, when the last)
