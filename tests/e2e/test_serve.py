@@ -55,13 +55,17 @@ def flow_runs(flow_name: str) -> list[Any]:
 def polls_completed_after(moment: Any) -> int:
     """How many ``policy-watch`` runs started after ``moment`` and completed (read from the Prefect API)."""
     return sum(1 for run in flow_runs("policy-watch")
-               if run.state_type is not None and run.state_type.value == "COMPLETED"
+               if run.deployment_id is not None  # a served poll, not another test's in-process cycle
+               and run.state_type is not None and run.state_type.value == "COMPLETED"
                and run.start_time is not None and run.start_time > moment)
 
 
-def run_named(title: str, state: str, *, run_count: int = 1) -> Any:
+def run_named(title: str, state: str, report: dict[str, Any], *, run_count: int = 1) -> Any:
+    """This test's violation run (named ``title``, for ``report``: the session's server holds other
+    tests' runs of the same name) once it is in ``state``."""
     for run in flow_runs("handle-violation"):
-        if run.name == title and run.state and run.state.type.value == state and (run.run_count or 1) >= run_count:
+        if run.name == title and run.state and run.state.type.value == state and (run.run_count or 1) >= run_count \
+                and (run.parameters.get("violation") or {}).get("report_name") == report["metadata"]["name"]:
             return run
     return None
 
@@ -143,7 +147,7 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
-    run = wait_until("the violation's run to complete", lambda: run_named(TITLE, "COMPLETED"),
+    run = wait_until("the violation's run to complete", lambda: run_named(TITLE, "COMPLETED", scenario),
                      timeout=120, every=0.5)
     assert set(run.tags) >= {"policy:require-resources", "namespace:default", "workflow:smoke-nova"}
     assert run.deployment_id is not None, "a deployment run, so the UI offers Retry"
@@ -195,7 +199,8 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     # A scheduled poll that started after the violation's run had finished: nothing new, no second run.
     wait_until("a later poll to complete", lambda: polls_completed_after(run.end_time) >= 1, timeout=120, every=0.5)
     assert len(testkube.executions) == 1
-    assert len([r for r in flow_runs("handle-violation") if r.name == TITLE]) == 1
+    assert len([r for r in flow_runs("handle-violation") if r.name == TITLE and
+                (r.parameters.get("violation") or {}).get("report_name") == scenario["metadata"]["name"]]) == 1
 
 
 def _metrics_with(url: str, needle: str) -> str | None:
@@ -213,12 +218,13 @@ def test_a_failed_violation_run_retried_through_the_api_does_not_start_a_second_
     # permanent error): the violation's run fails with the execution already started.
     testkube.inject(method="GET", path=r"/test-workflow-executions/[0-9a-f]{24}$", status=404)
     poll_now()
-    run = wait_until("the violation's run to fail", lambda: run_named(TITLE, "FAILED"), timeout=180, every=0.5)
+    run = wait_until("the violation's run to fail", lambda: run_named(TITLE, "FAILED", scenario),
+                     timeout=180, every=0.5)
     (first,) = testkube.executions
     done = subprocess.run([sys.executable, "-m", "prefect", "flow-run", "retry", str(run.id)], env=served["env"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
-    retried = wait_until("the retried run to complete", lambda: run_named(TITLE, "COMPLETED", run_count=2),
+    retried = wait_until("the retried run to complete", lambda: run_named(TITLE, "COMPLETED", scenario, run_count=2),
                          timeout=180, every=0.5)
     assert retried.id == run.id
     assert [e["id"] for e in testkube.executions] == [first["id"]]
