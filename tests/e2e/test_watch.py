@@ -69,8 +69,8 @@ def test_watch_handles_new_failures_once_and_catches_up(
                    timeout=90)
     finally:
         process.terminate()
-        process.wait(timeout=30)
         print(log.read_text()[-4000:])
+        process.wait(timeout=60)  # it gives its Lease back on the way out; a loaded machine is slow
     per_key = Counter(e["tags"]["policyflow-key"] for e in testkube.executions)
     assert len(per_key) == len(reports) and set(per_key.values()) == {1}, per_key
 
