@@ -162,7 +162,7 @@ class _Reactor:
         chain's Prefect run follows and resumes from the record this writes (same owner, same
         episode, the execution found by its id or tags), so whatever this could not do, it does."""
         outcome = await run_chain(request.ref, self.deps, DirectSteps(self.deps, gate=self.gate), until_started=True)
-        log.info("%s: %s at once", outcome.violation, outcome.status.value)
+        log.debug("%s: %s at once", outcome.violation, outcome.status.value)
         self.ready.append(request)
 
     def hand_over(self) -> None:

@@ -102,7 +102,7 @@ async def run_chain(ref: ViolationRef, deps: Deps, run: Steps, mode: RunMode | N
         return unfinished_outcome("", ref.title, None, exc)
     step = next_step(fetched, deps.routing)
     if step.outcome is not None:
-        log.info("%s: %s (%s)", step.outcome.violation, step.outcome.status.value, step.outcome.detail)
+        log.debug("%s: %s (%s)", step.outcome.violation, step.outcome.status.value, step.outcome.detail)
         return step.outcome
     report = fetched.ref.report
     if step.resolve is not None:

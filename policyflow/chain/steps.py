@@ -90,7 +90,7 @@ async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
         now=now, lease_seconds=deps.settings.claim_lease, live_owners=live,
     )
     planned = adjust_plan(planned, record, owner=deps.owner, mode=mode)
-    log.info("%s: %s (episode %d, %s)", violation.title, planned.action.value, planned.episode, planned.reason)
+    log.debug("%s: %s (episode %d, %s)", violation.title, planned.action.value, planned.episode, planned.reason)
     return Fetched(ref, violation, planned, record, parsed.resource_version, labels, generation)
 
 
@@ -172,7 +172,7 @@ async def await_result(deps: Deps, report: ReportRef, triggered: Triggered) -> A
             await asyncio.to_thread(deps.records.write, report, record)
             heartbeat = clock.monotonic()
     waited = clock.monotonic() - started
-    log.info("%s: execution %s %s after %.1f s", title, execution.name, execution.status, waited)
+    log.debug("%s: execution %s %s after %.1f s", title, execution.name, execution.status, waited)
     return Awaited(execution.ledger_status, execution, waited)
 
 
@@ -192,5 +192,5 @@ async def annotate(deps: Deps, report: ReportRef, record: Record,
     url = deps.execution_link(final.workflow or "", final.execution) if final.execution else None
     deps.observer.test_finished(final, namespace=violation.resource.namespace if violation else report.namespace,
                                 url=url)
-    log.info("%s/%s %s: recorded %s on %s", final.policy, final.rule, final.resource, final.status.value, report)
+    log.debug("%s/%s %s: recorded %s on %s", final.policy, final.rule, final.resource, final.status.value, report)
     return final, url
