@@ -14,7 +14,7 @@ import pytest
 
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.helpers import Policyflow, wait_until
+from tests.helpers import Policyflow, stop_process, wait_until
 from tests.specs import REPORT_CRDS, ROOT, TESTKUBE_OPENAPI
 
 # Before anything imports Prefect: no telemetry from test servers.
@@ -107,12 +107,7 @@ def empty_prefect_api(tmp_path: Path) -> Iterator[str]:
         wait_until("the other Prefect server", healthy, timeout=120, every=0.2)
         yield api
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def _free_port() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,16 @@ def wait_until(what: str, probe: Callable[[], Any], timeout: float = 60.0, every
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 20 s: a child process of a test, gone either way."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 @dataclass

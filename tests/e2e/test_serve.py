@@ -19,7 +19,7 @@ from policyflow.cli import main
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
-from tests.helpers import records, wait_until
+from tests.helpers import records, stop_process, wait_until
 from tests.specs import ROOT, example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
@@ -85,12 +85,7 @@ def serve(env: dict[str, str], log: Path, *, interval: float, metrics_port: int 
 
 def stop(process: subprocess.Popen[bytes], log: Path) -> None:
     print(log.read_text()[-6000:])  # shown by pytest when the test fails
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    stop_process(process)
 
 
 def poll_now() -> Any:
