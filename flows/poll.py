@@ -21,6 +21,7 @@ from policyflow.domain.outcome import ChainOutcome, count_statuses
 from policyflow.domain.status import Outcome
 from tasks import observe
 from tasks.detect import detect_violations, record_resolved
+from tasks.health import close_resolved, publish_health
 
 log = logging.getLogger("policyflow.flows")
 
@@ -55,11 +56,12 @@ async def poll_reports(chain_deployment: str | None = None, batch_deployment: st
 async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
                      batch_deployment: str | None = None) -> CycleSummary:
     """The cycle itself, with its dependencies given (the flow's body)."""
-    started = time.monotonic()
+    started, cycle_started = time.monotonic(), deps.clock.now()
     scan = await detect_violations(deps)
     metrics.POLL_DURATION.observe(time.monotonic() - started)
     if scan.resolved:
         await record_resolved(deps, scan.resolved)
+    closed = await close_resolved(deps, scan)
     summary = CycleSummary(counters=scan.counters, problems=list(scan.problems))
     chains = [f for f in scan.findings if f.needs_chain]
     for finding in scan.findings:
@@ -85,7 +87,10 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
                     for f in chains]
         summary.outcomes.extend(await run_chains(requests, deps, chain_deployment=chain_deployment,
                                                  batch_deployment=batch_deployment))
+    summary.counters["journal_resolved"] = len(closed.resolved)
     summary.close()
     await observe.cycle_artifact(summary.outcomes, summary.counters)
+    await publish_health(deps, changed=bool(chains or closed.resolved or scan.resolved),
+                         cycle_started=cycle_started)
     log.info("cycle: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.counters.items())))
     return summary

@@ -23,6 +23,7 @@ from policyflow.clients.kube import KubeClient
 from policyflow.clock import Clock
 from policyflow.domain.errors import ConfigError
 from policyflow.domain.routing import RoutingTable
+from policyflow.journal import JournalStore
 from policyflow.liveness import ProcessLease
 from policyflow.records import RecordStore
 from policyflow.settings import Settings
@@ -55,6 +56,7 @@ def build(settings: Settings, routing: RoutingTable, *, kube: KubeClient | None 
         retry=retry,
         observer=observer if observer is not None else PrefectObserver(),
         lease=lease if lease.start() else None,
+        journal=JournalStore(kube, namespace=settings.journal_namespace, retry=retry),
     )
 
 

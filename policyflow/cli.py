@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
         "history", parents=[common], help="recent violations with their runs, executions and outcomes"
     )
     history.add_argument("--limit", type=int, default=50, help="how many runs (default 50)")
+    health = commands.add_parser(
+        "health", parents=[common],
+        help="policy health from the lifecycle journal: open, reopened, time to resolve, pass and flip rates",
+    )
+    health.add_argument("--since", type=_window, default="30d", metavar="DURATION",
+                        help="the window: 90m, 12h, 30d, 2w (default 30d)")
+    health.add_argument("--by", choices=["policy", "rule", "namespace", "workflow"], default="rule",
+                        help="one row per ... (default rule: policy and rule)")
+    health.add_argument("--output", "-o", choices=["table", "json", "markdown"], default="table")
     commands.add_parser(
         "check", parents=[common], help="preflight: what policyflow needs, one line each with ✓/✗ (exit 0/1)"
     )
@@ -93,6 +102,22 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--home", default=None, help="Prefect home for the demo server (default: a new temp dir)")
     demo.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def _window(text: str) -> timedelta:
+    """``30d`` -> 30 days (argparse type: a bad value is one line naming what to write instead)."""
+    number, unit = text.strip()[:-1], text.strip()[-1:].lower()
+    try:
+        if unit not in _UNITS or float(number) <= 0:
+            raise ValueError
+        return timedelta(seconds=float(number) * _UNITS[unit])
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration: write a positive number and a unit (s, m, h, d, w), e.g. 30d"
+        ) from None
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,6 +296,29 @@ def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _health(args: argparse.Namespace) -> int:
+    from policyflow import settings as settings_module
+    from policyflow.clients.kube import KubeClient
+    from policyflow.domain.health import GroupBy, health
+    from policyflow.domain.health_render import render
+    from policyflow.domain.journal import decode
+    from policyflow.journal import JournalStore
+
+    settings, _ = settings_module.load(_overrides(args))
+    kube = KubeClient.connect(**settings.kube_options())
+    try:
+        store = JournalStore(kube, namespace=settings.journal_namespace, retry=settings.retry_policy())
+        journal = decode(store.read_shards().values())
+    finally:
+        kube.close()
+    for problem in journal.problems:
+        print(f"policyflow: {problem}", file=sys.stderr)
+    figures = health(journal.lifecycles.values(), now=datetime.now(UTC), window=args.since,
+                     by=GroupBy(args.by), flip_window=settings.flip_window)
+    print(render(figures, args.output))
+    return 0
+
+
 def _history(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -301,6 +349,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_cycle(args, retry_failed=True)
         if args.command == "history":
             return _history(args)
+        if args.command == "health":
+            return _health(args)
         if args.command == "check":
             from policyflow import settings as settings_module
             from policyflow.preflight import run_check

@@ -199,8 +199,9 @@ def _cluster_checks(kube: KubeClient, settings: Settings, permissions: list[Perm
     unread = {(kind.group, kind.plural) for kind in REPORT_KINDS if not served.get(kind, False)}
     for permission in permissions:
         try:
+            namespace = getattr(settings, permission.namespace_setting) if permission.own_namespace else None
             allowed = kube.access_review(verb=permission.verb, group=permission.group, resource=permission.resource,
-                                         namespace=settings.lease_namespace if permission.own_namespace else None)
+                                         namespace=namespace)
         except PolicyflowError as exc:
             yield Check("permissions", False, detail=f"could not ask the cluster (SelfSubjectAccessReview): {exc}")
             return

@@ -121,6 +121,16 @@ class Settings(BaseSettings):
     lease_duration: float = Field(
         30.0, ge=3, le=3600, description="Seconds a process's liveness Lease lasts unrenewed (renewed every third)"
     )
+    journal_namespace: str = Field(
+        default_factory=lambda: _own_namespace(),
+        description="Namespace of the lifecycle journal's ConfigMaps (policyflow-journal-*)",
+    )
+    journal_retention_days: float = Field(
+        90.0, gt=0, le=3650, description="Days the lifecycle journal keeps an episode after its last change"
+    )
+    flip_window: int = Field(
+        10, ge=2, le=100, description="Health: the last N tested episodes of a violation its flip rate looks at"
+    )
 
     config: Path | None = Field(None, description="YAML config file with routes (and any setting)")
 

@@ -17,6 +17,7 @@ from policyflow.domain.ledger import Record
 from policyflow.domain.model import Violation
 from policyflow.domain.routing import RoutingTable
 from policyflow.domain.testrun import execution_url
+from policyflow.journal import JournalStore
 from policyflow.liveness import ProcessLease
 from policyflow.records import RecordStore
 from policyflow.retry import RetryPolicy
@@ -77,12 +78,12 @@ class Deps:
     pydantic models looking for futures; this one it passes as it is.
     """
 
-    __slots__ = ("clock", "kube", "lease", "observer", "owner", "records", "retry", "routing", "settings",
-                 "testkube")
+    __slots__ = ("clock", "journal", "kube", "lease", "observer", "owner", "records", "retry", "routing",
+                 "settings", "testkube")
 
     def __init__(self, *, settings: Settings, routing: RoutingTable, kube: KubeClient, records: RecordStore,
                  testkube: TestkubeClients, clock: Clock, owner: str, retry: RetryPolicy, observer: Observer,
-                 lease: ProcessLease | None) -> None:
+                 lease: ProcessLease | None, journal: JournalStore) -> None:
         self.settings = settings
         self.routing = routing
         self.kube = kube
@@ -94,6 +95,8 @@ class Deps:
         self.observer = observer
         #: This process's liveness Lease, when Leases can be used here (else records are refreshed).
         self.lease = lease
+        #: The lifecycle journal (episodes kept after their reports are gone), written after records.
+        self.journal = journal
 
     def close(self) -> None:
         """Give the Lease back (this process's in-flight records are free at once) and close the

@@ -40,7 +40,7 @@ from policyflow.domain.model import ReportRef, Violation
 from policyflow.domain.ref import ViolationRef
 from policyflow.domain.reports import parse_report
 from policyflow.domain.routing import RoutedTest
-from policyflow.domain.status import IN_FLIGHT, Status
+from policyflow.domain.status import FINISHED, IN_FLIGHT, Status
 from policyflow.domain.testrun import Execution, execution_request, execution_tags
 from policyflow.liveness import owner_is_alive
 
@@ -107,6 +107,8 @@ async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered
     claim = claim_record(fetched, routed, now=deps.clock.stamp(), owner=deps.owner)
     await asyncio.to_thread(deps.records.claim, violation, claim, report_version=fetched.report_version,
                             previous=fetched.record)
+    if fetched.record is None or fetched.record.episode != planned.episode:
+        await asyncio.to_thread(deps.journal.opened, claim, violation.resource.namespace)
     execution, reused = await _start_once(testkube, violation, routed, episode_id(violation.report_uid,
                                                                                    planned.episode))
     record = started_record(claim, execution, now=deps.clock.stamp())
@@ -184,6 +186,8 @@ async def annotate(deps: Deps, report: ReportRef, record: Record,
     final = final_record(record, now=deps.clock.stamp())
     if await asyncio.to_thread(deps.records.write, report, final) and violation is not None:
         await asyncio.to_thread(deps.records.post_event, violation, final)
+    if final.status in FINISHED:
+        await asyncio.to_thread(deps.journal.finished, final)
     metrics.OUTCOMES.labels(status=final.status.value).inc()
     if final.detected and final.status not in IN_FLIGHT:
         age = record_age(replace(final, updated=final.detected), deps.clock.now())

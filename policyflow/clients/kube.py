@@ -390,13 +390,17 @@ class KubeClient:
 
     def list_leases(self, namespace: str, *, label_selector: str) -> list[dict[str, Any]]:
         """The Leases in ``namespace`` that ``label_selector`` selects (few: one per policyflow process)."""
+        return self._list_all(self._lease_path(namespace), label_selector=label_selector, what="list leases")
+
+    def _list_all(self, path: str, *, label_selector: str, what: str) -> list[dict[str, Any]]:
+        """Every item of a paginated LIST (pages of 500)."""
         items: list[dict[str, Any]] = []
         token = ""
         while True:
             query: dict[str, str | int] = {"labelSelector": label_selector, "limit": 500}
             if token:
                 query["continue"] = token
-            page = self._request("GET", self._lease_path(namespace), query=query, what="list leases")
+            page = self._request("GET", path, query=query, what=what)
             items += [i for i in (page or {}).get("items") or [] if isinstance(i, dict)]
             token = ((page or {}).get("metadata") or {}).get("continue") or ""
             if not token:
@@ -406,6 +410,28 @@ class KubeClient:
         """Delete a Lease (one already gone counts as deleted)."""
         with contextlib.suppress(NotFoundError):
             self._request("DELETE", self._lease_path(namespace, name), what="delete leases")
+
+    # --- the lifecycle journal's ConfigMaps -------------------------------------------------------
+
+    @staticmethod
+    def _config_map_path(namespace: str, name: str | None = None) -> str:
+        path = f"/api/v1/namespaces/{quote(namespace, safe='')}/configmaps"
+        return f"{path}/{quote(name, safe='')}" if name else path
+
+    def list_config_maps(self, namespace: str, *, label_selector: str) -> list[dict[str, Any]]:
+        """The ConfigMaps in ``namespace`` that ``label_selector`` selects."""
+        return self._list_all(self._config_map_path(namespace), label_selector=label_selector,
+                              what="list configmaps")
+
+    def patch_config_map_data(self, namespace: str, name: str, data: Mapping[str, str | None]) -> None:
+        """Merge ``data`` into a ConfigMap's data (``None`` deletes a key); NotFoundError when it is missing."""
+        self._request("PATCH", self._config_map_path(namespace, name), body={"data": dict(data)},
+                      content_type="application/merge-patch+json", what="patch configmaps")
+
+    def create_config_map(self, config_map: Mapping[str, Any]) -> None:
+        """Create a ConfigMap (AlreadyExists when one has its name)."""
+        self._request("POST", self._config_map_path(config_map["metadata"]["namespace"]), body=dict(config_map),
+                      content_type="application/json", what="create configmaps")
 
     # --- preflight (policyflow check) -----------------------------------------------------------
 

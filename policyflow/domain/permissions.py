@@ -19,6 +19,8 @@ class Permission:
     required: bool
     why: str
     own_namespace: bool = False
+    #: The setting that names that namespace (Leases and the journal may live apart).
+    namespace_setting: str = "lease_namespace"
 
     def __str__(self) -> str:
         group = self.group or "core"
@@ -43,4 +45,8 @@ def needed(resource_kinds: tuple[tuple[str, str], ...] = (("apps", "deployments"
         permissions.append(Permission(verb, "coordination.k8s.io", "leases", False,
                                       "each process's liveness Lease: a crashed one's chains resume at once",
                                       own_namespace=True))
+    for verb in ("list", "create", "patch"):
+        permissions.append(Permission(verb, "", "configmaps", False,
+                                      "the lifecycle journal (policyflow-journal-*): health figures",
+                                      own_namespace=True, namespace_setting="journal_namespace"))
     return permissions

@@ -200,6 +200,8 @@ def test_kustomization_renders_offline_with_kubectl() -> None:
         ("ClusterRoleBinding", "policyflow-resource-reader"),
         ("Role", "policyflow-leases"),
         ("RoleBinding", "policyflow-leases"),
+        ("Role", "policyflow-journal"),
+        ("RoleBinding", "policyflow-journal"),
         ("Secret", "policyflow-testkube"),
         ("ConfigMap", "policyflow-config"),
         ("Deployment", "policyflow"),
@@ -252,13 +254,14 @@ def test_all_namespaced_objects_live_in_the_policyflow_namespace(rendered: list[
 def test_roles_grant_exactly_what_policyflow_needs(rendered: list[Obj]) -> None:
     required = {(p.verb, p.group, p.resource) for p in needed() if p.required and not p.own_namespace}
     optional = {(p.verb, p.group, p.resource) for p in needed() if not p.required and not p.own_namespace}
-    own = {(p.verb, p.group, p.resource) for p in needed() if p.own_namespace}
     assert granted(only(rendered, "ClusterRole", "policyflow")) == required
     assert granted(only(rendered, "ClusterRole", "policyflow-resource-reader")) == optional
-    assert granted(only(rendered, "Role", "policyflow-leases")) == own
-    binding = only(rendered, "RoleBinding", "policyflow-leases")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "policyflow-leases"}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "policyflow", "namespace": "policyflow"}]
+    for role, setting in (("policyflow-leases", "lease_namespace"), ("policyflow-journal", "journal_namespace")):
+        own = {(p.verb, p.group, p.resource) for p in needed() if p.own_namespace and p.namespace_setting == setting}
+        assert granted(only(rendered, "Role", role)) == own
+        binding = only(rendered, "RoleBinding", role)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role}
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "policyflow", "namespace": "policyflow"}]
 
 
 def test_both_roles_are_bound_to_the_service_account(rendered: list[Obj]) -> None:

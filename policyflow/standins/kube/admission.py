@@ -7,6 +7,7 @@ causes, and the typed kinds get their defaults (Event, Namespace) or their own d
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,8 @@ from policyflow.standins.kube.objects import META_FIELDS, Obj
 from policyflow.standins.kube.resources import Resource
 from policyflow.standins.kube.schema import check_schema
 
+_CONFIG_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+_CONFIG_MAP_LIMIT = 1048576  # core.MaxSecretSize: data plus binaryData, keys and values
 _ANNOTATIONS_LIMIT = 262144  # apimachinery ValidateAnnotationsSize: keys plus values, 256 KiB in all
 
 
@@ -97,8 +100,31 @@ def typed_defaults(res: Resource, obj: Obj, name: str) -> None:
             obj[key] = normalize_time(obj.get(key), res.kind) if key != "eventTime" else obj.get(key)
         obj.setdefault("reportingComponent", "")
         obj.setdefault("reportingInstance", "")
+    elif res.plural == "configmaps":
+        validate_config_map(res, obj, name)
     elif res.plural == "namespaces":
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")
 
+
+
+def validate_config_map(res: Resource, obj: Obj, name: str) -> None:
+    """ValidateConfigMap: each key a valid config key, strings only, 1 MiB in all (422 otherwise)."""
+    problems: list[Obj] = []
+    total = 0
+    for part in ("data", "binaryData"):
+        values = obj.get(part) or {}
+        if not isinstance(values, dict):
+            raise undecodable(res, f"json: cannot unmarshal into Go struct field ConfigMap.{part}")
+        for key, value in values.items():
+            if not isinstance(value, str):
+                raise undecodable(res, f"json: cannot unmarshal into Go struct field ConfigMap.{part} of type string")
+            if len(key) > 253 or not _CONFIG_KEY.fullmatch(key) or key in (".", ".."):
+                problems.append(cause("FieldValueInvalid", f'Invalid value: "{key}": a valid config key must '
+                                      "consist of alphanumeric characters, '-', '_' or '.'", f"{part}[{key}]"))
+            total += len(key.encode()) + len(value.encode())
+    if total > _CONFIG_MAP_LIMIT:
+        problems.append(cause("FieldValueTooLong", f"Too long: must have at most {_CONFIG_MAP_LIMIT} bytes", "[]"))
+    if problems:
+        raise invalid(res.kind, name, problems, details(res, name, kind=res.kind))

@@ -90,6 +90,7 @@ BUILTIN_RESOURCES = (
              has_generation=False, delete_returns_object=True, fields=(("status.phase", "status.phase"),),
              verbs=("create", "delete", "get", "list", "patch", "update", "watch")),
     _builtin("", "events", "Event", True, short_names=("ev",), has_generation=False, fields=_EVENT_FIELDS),
+    _builtin("", "configmaps", "ConfigMap", True, short_names=("cm",), has_generation=False),
     _builtin("", "pods", "Pod", True, short_names=("po",), categories=("all",), status_subresource=True,
              has_generation=False, delete_returns_object=True, fields=_POD_FIELDS),
     _builtin("apps", "deployments", "Deployment", True, short_names=("deploy",), categories=("all",),
