@@ -12,11 +12,12 @@ from typing import Any
 
 from policyflow.chain.run import DirectSteps, run_chain
 from policyflow.domain.decisions import RunMode, route_digest
+from policyflow.domain.journal import Identity
 from policyflow.domain.outcome import ChainOutcome
 from policyflow.domain.owners import lease_name
 from policyflow.domain.ref import ViolationRef
 from policyflow.domain.routing import RoutedTest
-from policyflow.domain.status import Outcome
+from policyflow.domain.status import Outcome, Status
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
 from tests.chain.conftest import Heard, Later, Make
@@ -177,3 +178,25 @@ def test_force_new_episode_runs_a_second_test_for_a_finished_one(
     episodes = sorted(e["tags"]["policyflow-episode"] for e in testkube.executions)
     assert [e.rsplit(".", 1)[1] for e in episodes] == ["1", "2"]
     assert json.loads(json.dumps(records(kube, failing)))[0]["episode"] == 2
+
+
+def test_the_journal_keeps_the_episode_opened_and_its_outcome(make_deps: Make, failing: dict[str, Any]) -> None:
+    deps = make_deps()
+    outcome = asyncio.run(run_chain(ref_of(failing), deps, DirectSteps(deps)))
+    lifecycle = deps.journal.read().lifecycles[outcome.key]
+    assert lifecycle.identity == Identity(POLICY, RULE, "default", "default/Deployment/nginx-no-cpu", "smoke-nova")
+    (episode,) = lifecycle.episodes
+    assert episode.outcome is Status.PASSED and episode.resolved is None
+    assert episode.opened is not None and episode.tested is not None and episode.opened <= episode.tested
+    # The episode's own retry writes the same facts again: still one episode.
+    asyncio.run(run_chain(ref_of(failing), deps, DirectSteps(deps), RunMode(retry=True)))
+    assert len(deps.journal.read().lifecycles[outcome.key].episodes) == 1
+
+
+def test_a_journal_that_cannot_be_written_never_fails_the_chain(
+    make_deps: Make, kube: KubeStandin, failing: dict[str, Any]
+) -> None:
+    deps = make_deps(journal_namespace="no-such-namespace")
+    outcome = chain(make_deps, ref_of(failing), journal_namespace="no-such-namespace")
+    assert outcome.status is Outcome.PASSED
+    assert deps.journal.read().lifecycles == {}
