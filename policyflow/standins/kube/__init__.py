@@ -14,6 +14,9 @@ under ``shared/specs/kube`` (see the checklist in its README), over real HTTP:
   (:mod:`.listing`, :mod:`.selectors`).
 * Create/get/PUT/merge-patch/JSON-patch/delete with the real Status bodies (:mod:`.api`, :mod:`.patch`,
   :mod:`.errors`).
+* The status subresource where a CRD declares one (Gatekeeper constraints, TestWorkflowExecutions):
+  ``/status`` writes change only ``.status`` (no generation bump), writes to the object itself, creates
+  included, ignore ``.status`` (:mod:`.store`). The report CRDs have none, as recorded.
 * Watches (:mod:`.watch`): replay from a resourceVersion, initial ADDED events, watch-list end BOOKMARK,
   periodic and pre-timeout BOOKMARKs, ``ERROR`` 410 for a too-old version.
 * Bearer-token authentication (401) and per-verb denials (403 with the RBAC message) (:mod:`.auth`);

@@ -120,10 +120,14 @@ class KubeStandin(HttpStandin):
     # ---------------------------------------------------------------- test-side store access
 
     def create(self, obj: Mapping[str, Any]) -> Obj:
-        """Create like ``kubectl create`` (no HTTP): server fields are set, errors raise :class:`KubeApiError`."""
+        """Create like ``kubectl create`` (no HTTP): server fields are set, errors raise :class:`KubeApiError`.
+
+        Unlike an API create, ``status`` is kept even with a status subresource, so tests can seed an
+        object as its controller would have left it (a constraint after an audit).
+        """
         res = self._catalog.for_kind(str(obj.get("apiVersion", "")), str(obj.get("kind", "")))
         namespace = str((obj.get("metadata") or {}).get("namespace") or "default") if res.namespaced else ""
-        created, _ = self._store.create(res, namespace, copy.deepcopy(dict(obj)), validation="Ignore")
+        created, _ = self._store.create(res, namespace, copy.deepcopy(dict(obj)), validation="Ignore", keep_status=True)
         return created
 
     def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> Obj | None:
