@@ -115,6 +115,13 @@ class Settings(BaseSettings):
         300.0, gt=0,
         description="Without Leases: seconds an unfinished chain's record is left to its owner before others resume it",
     )
+    failure_log_lines: int = Field(
+        20, ge=0, le=500, description="Last log lines of a failed test's failing step kept in its failure digest"
+    )
+    failure_log_max_bytes: int = Field(
+        1 << 20, ge=1024, le=64 << 20,
+        description="Bytes of a failed test's log read at most for its failure digest (the log's end)",
+    )
     lease_namespace: str = Field(
         default_factory=lambda: _own_namespace(), description="Namespace of the processes' liveness Leases"
     )

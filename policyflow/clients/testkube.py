@@ -1,5 +1,5 @@
 """The Testkube API, as policyflow uses it: start a TestWorkflow, find an execution by its tags, read
-an execution, abort one.
+an execution (and, when it did not pass, its step results and its log), abort one.
 
 Two deployments, one client: the OSS agent serves everything under ``{url}/v1``; Testkube Cloud/Pro
 serves the same routes under ``{url}/organizations/{org}/environments/{env}/agent`` (no ``/v1``) and
@@ -13,10 +13,12 @@ message, and never leaves this module.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import ssl
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -37,7 +39,7 @@ from policyflow.domain.errors import (
     parse_retry_after,
 )
 from policyflow.domain.status import EXECUTION_STATUSES, EXECUTION_TERMINAL
-from policyflow.domain.testrun import Execution
+from policyflow.domain.testrun import Execution, ExecutionDetail, StepResult, StepSignature
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +113,53 @@ def parse_execution(data: Any) -> Execution:
     )
 
 
+def _signature(data: Any, depth: int = 0) -> tuple[StepSignature, ...]:
+    # Depth-bounded: the tree comes from the server, and a step nests only as deep as a workflow does.
+    if not isinstance(data, list) or depth > 32:
+        return ()
+    return tuple(
+        StepSignature(ref=str(item.get("ref") or ""), label=str(item.get("name") or item.get("category") or ""),
+                      children=_signature(item.get("children"), depth + 1))
+        for item in data if isinstance(item, Mapping)
+    )
+
+
+def _step_result(data: Any) -> StepResult | None:
+    if not isinstance(data, Mapping):
+        return None
+    exit_code = data.get("exitCode")  # a Go float64: 7 or 7.0 on the wire
+    return StepResult(
+        status=str(data.get("status") or "queued"),
+        error_message=str(data.get("errorMessage") or ""),
+        exit_code=int(exit_code) if isinstance(exit_code, int | float) and not isinstance(exit_code, bool)
+        and float(exit_code).is_integer() else None,
+    )
+
+
+def parse_execution_detail(data: Any) -> ExecutionDetail:
+    """An :class:`ExecutionDetail` from a TestWorkflowExecution JSON object (not a summary: those have
+    neither ``signature`` nor ``result.steps``)."""
+    execution = parse_execution(data)
+    result = data.get("result") if isinstance(data.get("result"), Mapping) else {}
+    assert isinstance(result, Mapping)
+    raw_steps = result.get("steps") if isinstance(result.get("steps"), Mapping) else {}
+    assert isinstance(raw_steps, Mapping)
+    steps = {str(ref): step for ref, value in raw_steps.items() if (step := _step_result(value)) is not None}
+    return ExecutionDetail(execution=execution, signature=_signature(data.get("signature")), steps=steps,
+                           initialization=_step_result(result.get("initialization")))
+
+
+@dataclass(frozen=True, slots=True)
+class LogText:
+    """An execution's log as read: all of it, or its end when it was longer than asked for."""
+
+    text: str
+    #: Whether ``text`` is only the log's end (starting at a line boundary).
+    cut: bool
+    #: How many bytes the whole log has.
+    size: int
+
+
 def selector(tags: Mapping[str, str]) -> str:
     """A ``tagSelector`` value: ``k1=v1,k2=v2`` (different keys are ANDed by the server)."""
     return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
@@ -158,7 +207,7 @@ class TestkubeClient:
     async def _call(self, method: str, path: str, *, params: Mapping[str, str] | None = None,
                     json_body: Any = None) -> Any:
         url = f"{self.base}{path}"
-        try:
+        with _transport_errors(method, path):
             if json_body is None:
                 response = await self._http.request(method, url, params=params)
             else:
@@ -166,10 +215,6 @@ class TestkubeClient:
                 response = await self._http.request(
                     method, url, params=params, json=json_body, headers={"Content-Type": "application/json"}
                 )
-        except httpx.TimeoutException:
-            raise TestkubeUnavailable(f"Testkube timed out on {method} {path}") from None
-        except httpx.TransportError as exc:
-            raise TestkubeUnavailable(f"Testkube unreachable on {method} {path}: {type(exc).__name__}") from None
         if response.is_success:
             if not response.content:
                 return None
@@ -217,6 +262,41 @@ class TestkubeClient:
         data = await self._call("GET", f"/test-workflow-executions/{quote(execution_id, safe='')}")
         return parse_execution(data)
 
+    async def get_execution_detail(self, *, execution_id: str) -> ExecutionDetail:
+        """The execution now, with its step tree and step results."""
+        data = await self._call("GET", f"/test-workflow-executions/{quote(execution_id, safe='')}")
+        return parse_execution_detail(data)
+
+    async def get_logs(self, *, execution_id: str, max_bytes: int) -> LogText:
+        """The execution's stored log (plain text), at most its last ``max_bytes``.
+
+        ``GET /test-workflow-executions/{id}/logs`` is served by the agent although its OpenAPI spec
+        does not list it (``internal/app/api/v1/server.go``). A log that is not stored (yet) is a
+        500 from the agent, a missing execution a 404. The body is streamed, so a huge log costs
+        ``max_bytes`` of memory, not its size.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        path = f"/test-workflow-executions/{quote(execution_id, safe='')}/logs"
+        kept = bytearray()
+        size = 0
+        with _transport_errors("GET", path):
+            async with self._http.stream("GET", f"{self.base}{path}", headers={"Accept": "text/plain"}) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise _error_for("GET", path, response)
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    kept += chunk
+                    if len(kept) > 2 * max_bytes:  # trim now and then, not on every chunk
+                        del kept[: len(kept) - max_bytes]
+        cut = size > max_bytes
+        if cut:
+            del kept[: len(kept) - max_bytes]
+            newline = kept.find(b"\n")
+            del kept[: newline + 1 if newline >= 0 else len(kept)]  # the first line is only its end
+        return LogText(text=kept.decode("utf-8", errors="replace"), cut=cut, size=size)
+
     async def abort(self, *, execution_id: str) -> None:
         """Abort a running execution (one that already finished is left alone)."""
         try:
@@ -238,6 +318,17 @@ class TestkubeClient:
         except NotFoundError:
             return False
         return True
+
+
+@contextlib.contextmanager
+def _transport_errors(method: str, path: str) -> Iterator[None]:
+    """No answer at all, as the transient error callers retry (httpx's message may name the URL)."""
+    try:
+        yield
+    except httpx.TimeoutException:
+        raise TestkubeUnavailable(f"Testkube timed out on {method} {path}") from None
+    except httpx.TransportError as exc:
+        raise TestkubeUnavailable(f"Testkube unreachable on {method} {path}: {type(exc).__name__}") from None
 
 
 @functools.lru_cache(maxsize=8)

@@ -92,3 +92,33 @@ class Execution:
     def ledger_status(self) -> Status:
         """The status a record of this execution says."""
         return status_of_execution(self.status)
+
+
+@dataclass(frozen=True, slots=True)
+class StepSignature:
+    """One node of an execution's ``signature`` tree: a step, or a group of steps (``children``)."""
+
+    ref: str
+    #: What Testkube shows for the step: its ``name``, else its ``category`` (``Signature.Label()``).
+    label: str
+    children: tuple[StepSignature, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One entry of ``result.steps`` (or ``result.initialization``)."""
+
+    status: str
+    error_message: str = ""
+    #: None when Testkube sent none (Go omits a zero exit code).
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionDetail:
+    """An execution with what explains its result: the step tree and each step's result."""
+
+    execution: Execution
+    signature: tuple[StepSignature, ...]
+    steps: dict[str, StepResult]
+    initialization: StepResult | None = None

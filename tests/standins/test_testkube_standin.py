@@ -17,7 +17,9 @@ import httpx
 import pytest
 
 from policyflow.standins.testkube import (
+    FAKE_CREDENTIAL_LINE,
     ZERO_TIME,
+    Script,
     TestkubeStandin,
     go_duration,
     go_time,
@@ -26,6 +28,8 @@ from policyflow.standins.testkube import (
     parse_status_filter,
     parse_tag_selector,
     problem,
+    smoke_script,
+    start_hint,
     status_after_polls,
 )
 from tests.specs import TESTKUBE_OPENAPI
@@ -711,3 +715,121 @@ def test_validation_accepts_what_the_real_agent_accepts(validating: tuple[Testku
     assert no_content_type.status_code == 200, no_content_type.text
     assert by_workflow.status_code == all_executions.status_code == one.status_code == 200
     assert abort.status_code == 204
+
+
+# --------------------------------------------------------------------------------------------------
+# Step results, signature and the /logs route
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spec_schema() -> Any:
+    """A validator factory for a schema of the OpenAPI spec's components (OpenAPI 3.0 dialect)."""
+    import yaml
+    from openapi_schema_validator import OAS30Validator
+
+    spec = yaml.load(TESTKUBE_OPENAPI.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+    def validator(name: str) -> Any:
+        return OAS30Validator({"$ref": f"#/components/schemas/{name}", "components": spec["components"]})
+
+    return validator
+
+
+def finished_execution(client: httpx.Client, tk: TestkubeStandin, workflow: str, outcome: str) -> dict[str, Any]:
+    tk.set_outcome(workflow, outcome)
+    execution = run(client, workflow)
+    for _ in range(3):
+        doc: dict[str, Any] = client.get(f"/test-workflow-executions/{execution['id']}").json()
+    assert doc["result"]["status"] == outcome
+    return doc
+
+
+@pytest.mark.parametrize("outcome", ["passed", "failed", "aborted", "canceled"])
+def test_signature_and_step_results_match_the_spec(
+    client: httpx.Client, tk: TestkubeStandin, wf: str, outcome: str, spec_schema: Any
+) -> None:
+    doc = finished_execution(client, tk, wf, outcome)
+    for node in doc["signature"]:
+        spec_schema("TestWorkflowSignature").validate(node)
+        assert re.fullmatch(r"r[bcdfghjklmnpqrstvwxz2456789]{5}[0-9a-z]+", node["ref"])
+    for step in doc["result"]["steps"].values():
+        spec_schema("TestWorkflowStepResult").validate(step)
+    spec_schema("TestWorkflowResult").validate(doc["result"])
+    refs = [node["ref"] for node in doc["signature"]]
+    assert set(doc["result"]["steps"]) == set(refs)
+    statuses = [doc["result"]["steps"][ref]["status"] for ref in refs]
+    expected = {"passed": ["passed"] * 3, "failed": ["passed", "failed", "skipped"],
+                "aborted": ["passed", "aborted", "skipped"], "canceled": ["passed", "canceled", "skipped"]}
+    assert statuses == expected[outcome]
+    failing = doc["result"]["steps"][refs[1]]
+    if outcome == "failed":
+        assert failing["exitCode"] == 7 and "errorMessage" not in failing  # a plain exit: no message
+    if outcome in ("aborted", "canceled"):
+        assert failing["errorMessage"] == f"The execution has been {outcome}. (Job has been aborted)"
+        skipped = doc["result"]["steps"][refs[2]]["errorMessage"]
+        assert skipped.startswith(f"The execution was {outcome} before.")
+
+
+def test_a_script_with_a_group_nests_its_steps(client: httpx.Client, tk: TestkubeStandin, wf: str) -> None:
+    tk.set_script(wf, Script(steps=("a", "b"), failing_step="b", group="Tests", exit_code=2, error_message="oom"))
+    doc = finished_execution(client, tk, wf, "failed")
+    [group] = doc["signature"]
+    assert group["name"] == "Tests" and [c["name"] for c in group["children"]] == ["a", "b"]
+    steps = doc["result"]["steps"]
+    assert steps[group["ref"]]["status"] == "failed"
+    failing = steps[group["children"][1]["ref"]]
+    assert (failing["status"], failing["exitCode"], failing["errorMessage"]) == ("failed", 2, "oom")
+
+
+def test_logs_are_plain_text_in_the_format_the_digest_reads(client: httpx.Client, tk: TestkubeStandin, wf: str) -> None:
+    from policyflow.domain.testlog import split_log
+
+    tk.set_script(wf, smoke_script(leak_credential=True))
+    doc = finished_execution(client, tk, wf, "failed")
+    response = client.get(f"/test-workflow-executions/{doc['id']}/logs")
+    by_workflow = client.get(f"/test-workflows/{wf}/executions/{doc['id']}/logs")
+
+    assert response.status_code == 200 and response.headers["content-type"] == "text/plain"
+    assert by_workflow.text == response.text
+    text = response.text
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z ", text)
+    refs = [node["ref"] for node in doc["signature"]]
+    assert start_hint(refs[0]) in text and start_hint(refs[2]) not in text  # a skipped step logs nothing
+    per_step = split_log(text)
+    assert list(per_step) == ["", refs[0], refs[1]]
+    assert per_step[refs[1]][-2:] == [FAKE_CREDENTIAL_LINE, per_step[refs[1]][-1]]
+    assert per_step[refs[1]][-1].startswith("curl: (7) Failed to connect")
+
+
+def test_logs_of_unfinished_unknown_and_named_executions(client: httpx.Client, tk: TestkubeStandin, wf: str) -> None:
+    tk.set_outcome(wf, "never")
+    running = run(client, wf)
+    missing = "The specified key does not exist."
+    assert_problem(client.get(f"/test-workflow-executions/{running['id']}/logs"), 500,
+                   f"can't get log: {running['id']}: {missing}")
+    assert_problem(client.get("/test-workflow-executions/nope/logs"), 404)
+    done = finished_execution(client, tk, wf, "passed")
+    # The handler finds the execution by name, then reads the log by the path's value.
+    assert_problem(client.get(f"/test-workflow-executions/{done['name']}/logs"), 500,
+                   f"can't get log: {done['name']}: {missing}")
+
+
+def test_logs_route_is_not_validated_against_the_spec_that_lacks_it(
+    validating: tuple[TestkubeStandin, httpx.Client],
+) -> None:
+    standin, http = validating
+    standin.set_outcome("smoke-nova", "failed")
+    execution = run(http, "smoke-nova")
+    for _ in range(3):
+        http.get(f"/test-workflow-executions/{execution['id']}")
+    assert http.get(f"/test-workflow-executions/{execution['id']}/logs").status_code == 200
+
+
+def test_faults_can_be_injected_on_the_logs_route(client: httpx.Client, tk: TestkubeStandin, wf: str) -> None:
+    doc = finished_execution(client, tk, wf, "failed")
+    tk.inject(method="GET", path=r"/logs$", status=404)
+    tk.inject(method="GET", path=r"/logs$", status=503)
+    assert client.get(f"/test-workflow-executions/{doc['id']}/logs").status_code == 404
+    assert client.get(f"/test-workflow-executions/{doc['id']}/logs").status_code == 503
+    assert client.get(f"/test-workflow-executions/{doc['id']}/logs").status_code == 200

@@ -82,3 +82,12 @@ def test_token_is_secret_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     s, _ = settings.load()
     assert "supersecret" not in repr(s)
     assert "supersecret" not in str(s.model_dump())
+
+
+def test_failure_digest_settings_have_defaults_and_bounds(tmp_path: Path) -> None:
+    s, _ = settings.load()
+    assert (s.failure_log_lines, s.failure_log_max_bytes) == (20, 1 << 20)
+    for text, field in (("failure_log_lines: 501\n", "failure_log_lines"),
+                        ("failure_log_max_bytes: 0\n", "failure_log_max_bytes")):
+        with pytest.raises(ConfigError, match=field):
+            settings.load({"config": str(write(tmp_path, text))})

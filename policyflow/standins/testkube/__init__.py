@@ -17,6 +17,18 @@ It speaks the API the way the real agent does, not the way ``api/v1/testkube.yam
   (:mod:`.gotypes`).
 * Errors are RFC 7807 bodies served as ``application/json`` (fiber's ``c.JSON`` drops problem+json).
 * An execution can be addressed by its id or its name.
+* ``GET /test-workflow-executions/{id}/logs`` and ``GET /test-workflows/{name}/executions/{id}/logs``
+  exist on the agent (``internal/app/api/v1/server.go``, handler ``GetTestWorkflowExecutionLogsHandler``
+  in ``testworkflowexecutions.go``) but **not in its OpenAPI spec**, so requests to them are never
+  validated against it. They answer ``text/plain``: the stored log, each line after its timestamp,
+  each step's lines after a start hint (:mod:`.scripts` has the format and its sources). A log that was
+  not saved yet (the run has not finished) is a 500 ``can't get log``, and so is a log asked for by
+  execution *name*: the handler finds the execution by id or name, then reads the log by the path's value.
+
+Executions carry a ``signature`` tree and ``result.steps`` from their workflow's :class:`Script`
+(:meth:`TestkubeStandin.set_script`; default :func:`smoke_script`, whose failing step is a ``curl``
+exiting 7). On ``failed`` the script's failing step fails and the later ones are skipped; on
+``aborted``/``canceled`` that step is the one interrupted.
 
 Executions advance ``queued -> running -> <outcome>`` on each GET of that execution (:mod:`.executions`),
 so tests are deterministic and never sleep. Requests may be validated against the spec (:mod:`.openapi`).
@@ -27,6 +39,7 @@ are injected with :meth:`TestkubeStandin.inject`; the plumbing is :mod:`policyfl
 from policyflow.standins.http import RecordedRequest
 from policyflow.standins.testkube.executions import OUTCOMES, TERMINAL_STATUSES, status_after_polls
 from policyflow.standins.testkube.gotypes import ZERO_TIME, go_duration, go_time, problem
+from policyflow.standins.testkube.scripts import FAKE_CREDENTIAL_LINE, Script, smoke_script, start_hint
 from policyflow.standins.testkube.selectors import (
     ALL_STATUSES,
     matches_label_selector,
@@ -38,10 +51,12 @@ from policyflow.standins.testkube.standin import TestkubeStandin
 
 __all__ = [
     "ALL_STATUSES",
+    "FAKE_CREDENTIAL_LINE",
     "OUTCOMES",
     "TERMINAL_STATUSES",
     "ZERO_TIME",
     "RecordedRequest",
+    "Script",
     "TestkubeStandin",
     "go_duration",
     "go_time",
@@ -50,5 +65,7 @@ __all__ = [
     "parse_status_filter",
     "parse_tag_selector",
     "problem",
+    "smoke_script",
+    "start_hint",
     "status_after_polls",
 ]

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from policyflow.standins.testkube.gotypes import ZERO_TIME, go_duration, go_time, now, object_id
+from policyflow.standins.testkube.scripts import Plan, Script, finish, never_ran, smoke_script
 from policyflow.standins.testkube.selectors import matches_label_selector, matches_tag_selector
 
 TERMINAL_STATUSES = frozenset({"passed", "failed", "aborted", "canceled"})
@@ -60,9 +61,12 @@ class Execution:
     doc: dict[str, Any]
     workflow: str
     seq: int
+    plan: Plan
     polls: int = 0
     started: datetime | None = None
     status_at: datetime = field(default_factory=now)
+    #: The stored log, once the execution ran and finished (the runner saves it at the end).
+    log: str | None = None
 
     @property
     def status(self) -> str:
@@ -93,6 +97,7 @@ class Executions:
         self._lock = threading.Lock()
         self.outcome = outcome
         self._outcomes: dict[str, str] = {}
+        self._scripts: dict[str, Script] = {}
         self._queued_polls = queued_polls
         self._running_polls = running_polls
         self._workflows: dict[str, dict[str, Any]] = {}
@@ -124,6 +129,16 @@ class Executions:
         with self._lock:
             self._outcomes[workflow] = status
 
+    def set_script(self, workflow: str, script: Script) -> None:
+        with self._lock:
+            self._scripts[workflow] = script
+
+    def log(self, key: str, workflow: str | None) -> tuple[bool, str | None]:
+        """Whether the execution exists, and its stored log (None while there is none)."""
+        with self._lock:
+            execution = self._find(key, workflow)
+            return (False, None) if execution is None else (True, execution.log)
+
     def documents(self) -> list[dict[str, Any]]:
         with self._lock:
             return [copy.deepcopy(e.doc) for e in self._executions]
@@ -150,6 +165,7 @@ class Executions:
         created = now()
         execution_id = object_id(self._ids)
         workflow = self._workflows[workflow_name]
+        plan = Plan.of(self._scripts.get(workflow_name) or smoke_script())
         doc: dict[str, Any] = {
             "id": execution_id,
             "groupId": group_id or execution_id,  # a single run is its own group
@@ -159,6 +175,7 @@ class Executions:
             "scheduledAt": go_time(created),
             "assignedAt": ZERO_TIME,  # not assigned to a runner while queued
             "statusAt": go_time(created),
+            "signature": plan.signature(),
             "result": {
                 "status": "queued",
                 "predictedStatus": "passed",
@@ -175,7 +192,7 @@ class Executions:
         }
         _copy_request_fields(doc, body)
         self._executions.append(Execution(doc=doc, workflow=workflow_name, seq=len(self._executions),
-                                          status_at=created))  # fmt: skip
+                                          plan=plan, status_at=created))  # fmt: skip
         return copy.deepcopy(doc)
 
     # ---- reading and the state machine
@@ -290,6 +307,7 @@ def _mark_started(execution: Execution, moment: datetime) -> None:
         "startedAt": go_time(moment),
         "finishedAt": go_time(moment),
     }
+    doc["result"]["steps"] = {ref: {"status": "queued"} for ref in execution.plan.refs}
 
 
 def _finish(execution: Execution, status: str, moment: datetime) -> None:
@@ -301,8 +319,11 @@ def _finish(execution: Execution, status: str, moment: datetime) -> None:
     result["finishedAt"] = go_time(moment)
     result["duration"] = result["totalDuration"] = go_duration(milliseconds * 1_000_000)
     result["durationMs"] = result["totalDurationMs"] = milliseconds
-    if execution.started is None:  # aborted while still queued: initialization never ran
+    if execution.started is None:  # aborted while still queued: initialization never ran, no log saved
         result["initialization"] = {"status": status, "queuedAt": result["queuedAt"]}
+        result["steps"] = never_ran(execution.plan, status)
+    else:
+        result["steps"], execution.log = finish(execution.plan, status, execution.started, moment)
     _touch(execution, moment)
 
 

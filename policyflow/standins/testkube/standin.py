@@ -18,6 +18,7 @@ from policyflow.standins.testkube.body import read_run_body
 from policyflow.standins.testkube.executions import DEFAULT_PAGE_SIZE, Executions, ListQuery, check_outcome
 from policyflow.standins.testkube.gotypes import go_atoi, problem
 from policyflow.standins.testkube.openapi import load_openapi, validation_errors
+from policyflow.standins.testkube.scripts import Script
 from policyflow.standins.testkube.selectors import parse_status_filter
 
 # Error details are built like the agent's handlers build them ("<prefix>: <description>: <error>", read
@@ -25,6 +26,8 @@ from policyflow.standins.testkube.selectors import parse_status_filter
 # is a Kubernetes NotFound for the TestWorkflow CR, or Mongo's "no documents" for an execution.
 _WORKFLOW_NOT_FOUND = 'testworkflows.testworkflows.testkube.io "{name}" not found'
 _NO_DOCUMENTS = "mongo: no documents in result"
+_NO_SUCH_KEY = "The specified key does not exist."  # MinIO's answer for a log that was never saved
+_OBJECT_ID = re.compile(r"[0-9a-f]{24}")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class _Call:
 class _Route:
     handler: Callable[[_Call], Response]
     has_body: bool  # the body is a TestWorkflowExecutionRequest (validated as the agent reads it)
+    in_spec: bool = True  # the OpenAPI spec lists the route (so requests to it can be validated)
 
 
 def _error(status: int, detail: str) -> JSONResponse:
@@ -86,20 +90,23 @@ class TestkubeStandin(HttpStandin):
         for name in workflows:
             self.add_workflow(name)
         self._routes: RouteTable[_Route] = RouteTable()
-        for method, template, handler, has_body in (
-            ("GET", "/test-workflows", self._list_workflows, False),
-            ("GET", "/test-workflows/{name}", self._get_workflow, False),
-            ("POST", "/test-workflows/{name}/executions", self._run, True),
-            ("GET", "/test-workflows/{name}/executions", self._list_executions, False),
-            ("GET", "/test-workflows/{name}/executions/{id}", self._get, False),
-            ("POST", "/test-workflows/{name}/executions/{id}/abort", self._abort, False),
-            ("POST", "/test-workflows/{name}/abort", self._abort_all, False),
-            ("POST", "/test-workflow-executions", self._run_by_selector, True),
-            ("GET", "/test-workflow-executions", self._list_executions, False),
-            ("GET", "/test-workflow-executions/{id}", self._get, False),
-            ("POST", "/test-workflow-executions/{id}/abort", self._abort, False),
+        for method, template, handler, has_body, in_spec in (
+            ("GET", "/test-workflows", self._list_workflows, False, True),
+            ("GET", "/test-workflows/{name}", self._get_workflow, False, True),
+            ("POST", "/test-workflows/{name}/executions", self._run, True, True),
+            ("GET", "/test-workflows/{name}/executions", self._list_executions, False, True),
+            ("GET", "/test-workflows/{name}/executions/{id}", self._get, False, True),
+            ("POST", "/test-workflows/{name}/executions/{id}/abort", self._abort, False, True),
+            ("POST", "/test-workflows/{name}/abort", self._abort_all, False, True),
+            ("POST", "/test-workflow-executions", self._run_by_selector, True, True),
+            ("GET", "/test-workflow-executions", self._list_executions, False, True),
+            ("GET", "/test-workflow-executions/{id}", self._get, False, True),
+            ("POST", "/test-workflow-executions/{id}/abort", self._abort, False, True),
+            # Served by the agent, missing from its OpenAPI spec.
+            ("GET", "/test-workflows/{name}/executions/{id}/logs", self._logs, False, False),
+            ("GET", "/test-workflow-executions/{id}/logs", self._logs, False, False),
         ):
-            self._routes.add(method, template, _Route(handler, has_body))
+            self._routes.add(method, template, _Route(handler, has_body, in_spec))
 
     # ---- lifecycle and test controls ---------------------------------------------------------------
 
@@ -121,6 +128,10 @@ class TestkubeStandin(HttpStandin):
         """Terminal status for ``workflow``'s executions that have not finished yet (incl. running ones)."""
         check_outcome(status)
         self._state.set_outcome(workflow, status)
+
+    def set_script(self, workflow: str, script: Script) -> None:
+        """What ``workflow``'s executions created from now on do, step by step (default: :func:`smoke_script`)."""
+        self._state.set_script(workflow, script)
 
     def inject(
         self,
@@ -172,7 +183,7 @@ class TestkubeStandin(HttpStandin):
         if found is None:
             return PlainTextResponse(f"Cannot {request.method} {path}", 404)  # fiber's unknown-route answer
         route = found.handler
-        if self._openapi is not None:
+        if self._openapi is not None and route.in_spec:
             invalid = validation_errors(self._openapi, request, relative, raw, route.has_body)
             if invalid is not None:
                 return _error(400, f"request does not match the OpenAPI spec: {invalid}")
@@ -232,6 +243,17 @@ class TestkubeStandin(HttpStandin):
         if doc is None:
             return _error(404, f"get execution: client not found: {_NO_DOCUMENTS}")
         return JSONResponse(doc)
+
+    def _logs(self, call: _Call) -> Response:
+        key = call.params["id"]
+        found, log = self._state.log(key, call.params.get("name"))
+        if not found:
+            return _error(404, f"get execution: client not found: {_NO_DOCUMENTS}")
+        # ReadLog looks the log up by the path's value, which is only right for an id (a name finds
+        # the execution, then no log); a run that has not finished has not saved its log yet.
+        if log is None or not _OBJECT_ID.fullmatch(key):
+            return _error(500, f"can't get log: {key}: {_NO_SUCH_KEY}")
+        return Response(log.encode(), headers={"content-type": "text/plain"})
 
     def _list_executions(self, call: _Call) -> Response:
         query = call.query
