@@ -12,6 +12,7 @@ already finished is left alone (the ledger says so), so only what failed runs ag
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 
 from prefect import flow
@@ -22,11 +23,14 @@ from prefect.states import Completed, Failed
 from flows.handle_violation import RETRYABLE, is_prefect_retry
 from policyflow import bootstrap
 from policyflow.chain.run import run_chain
+from policyflow.chain.story import told_in_summary
 from policyflow.domain.decisions import RunMode
 from policyflow.domain.outcome import ChainOutcome, count_statuses
 from policyflow.domain.ref import ViolationRef
 from tasks import observe
 from tasks.batch import PhasedSteps
+
+log = logging.getLogger("policyflow.flows")
 
 
 def batch_name() -> str:
@@ -51,7 +55,10 @@ async def handle_violations(violations: list[ViolationRef], retry: bool = False)
 
     async def chain(ref: ViolationRef) -> ChainOutcome:
         try:
-            return await run_chain(ref, deps, phased, mode)
+            with told_in_summary():
+                outcome = await run_chain(ref, deps, phased, mode)
+            log.info("%s", outcome.line())
+            return outcome
         finally:
             phased.finished()
 

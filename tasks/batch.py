@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from policyflow.chain.deps import Deps
 from policyflow.chain.run import DirectSteps
 from policyflow.domain.decisions import Awaited, Fetched, RunMode, Triggered
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.ledger import Record
 from policyflow.domain.model import ReportRef, Violation
 from policyflow.domain.ref import ViolationRef
@@ -71,7 +72,8 @@ async def await_results(deps: Deps, items: list[tuple[ReportRef, Triggered]]) ->
 
 @task(name="annotate-reports", cache_policy=NO_CACHE)
 async def annotate_reports(deps: Deps,
-                           items: list[tuple[ReportRef, Record, Violation | None]]) -> list[Record | BaseException]:
+                           items: list[tuple[ReportRef, Record, Violation | None, FailureDigest | None]],
+                           ) -> list[Record | BaseException]:
     """annotate-report for every item: the record and Event of each (the batch's one table artifact
     is made by its flow, instead of one markdown artifact per violation)."""
     steps = DirectSteps(deps)
@@ -108,8 +110,9 @@ class PhasedSteps:
     async def await_result(self, report: ReportRef, triggered: Triggered) -> Awaited:
         return cast(Awaited, await self._call(AWAIT, (report, triggered)))
 
-    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None) -> Record:
-        return cast(Record, await self._call(ANNOTATE, (report, record, violation)))
+    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None,
+                       digest: FailureDigest | None = None) -> Record:
+        return cast(Record, await self._call(ANNOTATE, (report, record, violation, digest)))
 
     def finished(self) -> None:
         """One chain is done (whatever its outcome): the others need not wait for it."""

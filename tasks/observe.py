@@ -16,6 +16,7 @@ from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.ledger import Record
 from policyflow.domain.markdown import escape, execution_markdown
 from policyflow.domain.model import Violation
@@ -50,7 +51,8 @@ def violation_detected(violation: Violation, episode: int) -> None:
     )
 
 
-def _emit_test_event(name: str, record: Record, *, namespace: str | None, url: str | None = None) -> None:
+def _emit_test_event(name: str, record: Record, *, namespace: str | None, url: str | None = None,
+                     digest: FailureDigest | None = None) -> None:
     """Emit ``policyflow.test.started`` / ``policyflow.test.finished`` (status in the resource labels,
     so an automation can match ``policyflow.status: failed`` without code)."""
     resource = _resource(record.key, f"{record.policy}/{record.rule} {record.resource}", record.policy,
@@ -61,7 +63,8 @@ def _emit_test_event(name: str, record: Record, *, namespace: str | None, url: s
         name,
         resource=resource,
         payload={"execution": record.execution, "execution_name": record.execution_name,
-                 "episode": record.episode, "status": record.status.value, "url": url},
+                 "episode": record.episode, "status": record.status.value, "url": url,
+                 **({"failure": digest.payload()} if digest is not None else {})},
     )
 
 
@@ -72,13 +75,19 @@ class PrefectObserver:
     def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
         _emit_test_event(EVENT_STARTED, record, namespace=namespace, url=url)
 
-    def test_finished(self, record: Record, *, namespace: str | None, url: str | None) -> None:
-        _emit_test_event(EVENT_FINISHED, record, namespace=namespace, url=url)
+    def test_finished(self, record: Record, *, namespace: str | None, url: str | None,
+                      digest: FailureDigest | None = None) -> None:
+        _emit_test_event(EVENT_FINISHED, record, namespace=namespace, url=url, digest=digest)
 
-    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None) -> None:
-        """The markdown artifact of a violation's run: the Testkube execution and its result."""
+    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None,
+                                 digest: FailureDigest | None = None) -> None:
+        """The markdown artifact of a violation's run: the Testkube execution, its result, and (when
+        the test did not pass) why: the failing step, its error, the log's last lines."""
+        page = execution_markdown(violation, record, url=url)
+        if digest is not None:
+            page += "\n" + digest.markdown(url)
         await acreate_markdown_artifact(
-            markdown=execution_markdown(violation, record, url=url),
+            markdown=page,
             key=f"violation-{violation.key}",
             description=f"Testkube execution for {escape(violation.title)}",
         )

@@ -17,6 +17,7 @@ from prefect.context import TaskRunContext
 from policyflow.chain.deps import Deps
 from policyflow.chain.run import DirectSteps
 from policyflow.domain.decisions import Awaited, Fetched, RunMode, Triggered
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.ledger import Record, episode_id
 from policyflow.domain.model import ReportRef, Violation
 from policyflow.domain.ref import ViolationRef
@@ -55,13 +56,14 @@ async def await_result(deps: Deps, report: ReportRef, triggered: Triggered) -> A
 
 
 @task(name="annotate-report", cache_policy=NO_CACHE)
-async def annotate_report(deps: Deps, report: ReportRef, record: Record, violation: Violation | None) -> Record:
+async def annotate_report(deps: Deps, report: ReportRef, record: Record, violation: Violation | None,
+                          digest: FailureDigest | None = None) -> Record:
     """Write the final record onto the report, an Event onto the failing resource (when known), and
     the run's artifact of the violation's test."""
-    final = await DirectSteps(deps).annotate(report, record, violation)
+    final = await DirectSteps(deps).annotate(report, record, violation, digest)
     if violation is not None and final.execution:
         url = deps.execution_link(final.workflow or "", final.execution)
-        await deps.observer.violation_artifact(violation, final, url=url)
+        await deps.observer.violation_artifact(violation, final, url=url, digest=digest)
     return final
 
 
@@ -80,5 +82,6 @@ class TaskSteps:
     async def await_result(self, report: ReportRef, triggered: Triggered) -> Awaited:
         return await await_result(self.deps, report, triggered)
 
-    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None) -> Record:
-        return await annotate_report(self.deps, report, record, violation)
+    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None,
+                       digest: FailureDigest | None = None) -> Record:
+        return await annotate_report(self.deps, report, record, violation, digest)

@@ -12,6 +12,7 @@ from typing import Protocol
 from policyflow.clients.kube import KubeClient
 from policyflow.clients.testkube import TestkubeClient
 from policyflow.clock import Clock
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import ConfigError
 from policyflow.domain.ledger import Record
 from policyflow.domain.model import Violation
@@ -30,10 +31,12 @@ class Observer(Protocol):
     def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
         """A violation's test run started (or was found again)."""
 
-    def test_finished(self, record: Record, *, namespace: str | None, url: str | None) -> None:
-        """A violation's chain wrote its final record."""
+    def test_finished(self, record: Record, *, namespace: str | None, url: str | None,
+                      digest: FailureDigest | None = None) -> None:
+        """A violation's chain wrote its final record (``digest``: why its test did not pass)."""
 
-    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None) -> None:
+    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None,
+                                 digest: FailureDigest | None = None) -> None:
         """The run's own account of a violation's test (one per violation run)."""
 
 

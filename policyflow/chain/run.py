@@ -27,6 +27,7 @@ from policyflow.domain.decisions import (
     trigger_failed,
     unfinished_outcome,
 )
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import PolicyflowError, is_violations_own, one_line
 from policyflow.domain.ledger import Record
 from policyflow.domain.model import ReportRef, Violation
@@ -53,7 +54,8 @@ class Steps(Protocol):
         """await-result."""
         ...
 
-    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None) -> Record:
+    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None,
+                       digest: FailureDigest | None = None) -> Record:
         """annotate-report."""
         ...
 
@@ -78,8 +80,9 @@ class DirectSteps:
         return await self.deps.retry.run(lambda: steps.await_result(self.deps, report, triggered),
                                          what=f"await-result {triggered.execution.name}", log=log)
 
-    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None) -> Record:
-        final, _ = await self.deps.retry.run(lambda: steps.annotate(self.deps, report, record, violation),
+    async def annotate(self, report: ReportRef, record: Record, violation: Violation | None,
+                       digest: FailureDigest | None = None) -> Record:
+        final, _ = await self.deps.retry.run(lambda: steps.annotate(self.deps, report, record, violation, digest),
                                              what=f"annotate-report {record.policy}/{record.rule}", log=log)
         return final
 
@@ -127,7 +130,7 @@ async def run_chain(ref: ViolationRef, deps: Deps, run: Steps, mode: RunMode | N
                             triggered.execution.name, Outcome.of(triggered.record.status))
     try:
         awaited = await run.await_result(report, triggered)
-        final = await run.annotate(report, result_record(triggered, awaited), fetched.violation)
+        final = await run.annotate(report, result_record(triggered, awaited), fetched.violation, awaited.digest)
     except Exception as exc:
         _log_failure(fetched.title, "await-result/annotate-report", exc)
         # Give the episode back (owner cleared) so the next cycle resumes it at once with the same

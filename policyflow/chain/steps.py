@@ -14,6 +14,8 @@ from dataclasses import replace
 
 from policyflow import metrics
 from policyflow.chain.deps import Deps
+from policyflow.chain.digest import collect_digest
+from policyflow.chain.story import story
 from policyflow.clients.testkube import TestkubeClient
 from policyflow.domain.decisions import (
     Awaited,
@@ -28,14 +30,25 @@ from policyflow.domain.decisions import (
     resumable,
     started_record,
 )
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import (
     AmbiguousTargetError,
     ForbiddenError,
     NotFoundError,
     TransientError,
     UnreachableError,
+    one_line,
 )
-from policyflow.domain.ledger import Record, episode_id, plan_violation, read_records, record_age
+from policyflow.domain.events import REASONS
+from policyflow.domain.ledger import (
+    Action,
+    Record,
+    annotation_name,
+    episode_id,
+    plan_violation,
+    read_records,
+    record_age,
+)
 from policyflow.domain.model import ReportRef, Violation
 from policyflow.domain.ref import ViolationRef
 from policyflow.domain.reports import parse_report
@@ -45,6 +58,9 @@ from policyflow.domain.testrun import Execution, execution_request, execution_ta
 from policyflow.liveness import owner_is_alive
 
 log = logging.getLogger("policyflow.chain")
+
+_ACTION_SAYS = {Action.NEW: "a new episode", Action.RESUME: "resuming its unfinished chain",
+                Action.HANDLED: "already handled", Action.BUSY: "another process is on it"}
 
 
 async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
@@ -90,7 +106,10 @@ async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
         now=now, lease_seconds=deps.settings.claim_lease, live_owners=live,
     )
     planned = adjust_plan(planned, record, owner=deps.owner, mode=mode)
-    log.debug("%s: %s (episode %d, %s)", violation.title, planned.action.value, planned.episode, planned.reason)
+    message = f": {one_line(violation.message)[:200]}" if violation.message else ""
+    story(log, violation.title, "%s %s in %s%s; %s, episode %d (%s)", violation.result.value.upper(),
+          violation.resource, violation.report, message, _ACTION_SAYS[planned.action], planned.episode,
+          planned.reason)
     return Fetched(ref, violation, planned, record, parsed.resource_version, labels, generation)
 
 
@@ -101,7 +120,8 @@ async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered
     assert violation is not None and planned is not None
     known = resumable(fetched)
     if known is not None:
-        log.info("%s: resuming with execution %s", violation.title, known.execution.name)
+        story(log, violation.title, "resuming with execution %s (id %s), started earlier", known.execution.name,
+              known.execution.id)
         return known
     testkube = deps.testkube()
     claim = claim_record(fetched, routed, now=deps.clock.stamp(), owner=deps.owner)
@@ -117,8 +137,9 @@ async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered
     metrics.TRIGGERS_STARTED.labels(reused=str(reused).lower()).inc()
     deps.observer.test_started(record, namespace=violation.resource.namespace,
                                url=deps.execution_link(execution.workflow or routed.workflow, execution.id))
-    log.info("%s: %s execution %s of %s", violation.title, "found" if reused else "started", execution.name,
-             routed.workflow)
+    story(log, violation.title, "%s TestWorkflow %s execution %s (id %s): %s",
+          "found the earlier attempt's" if reused else "started", routed.workflow, execution.name, execution.id,
+          deps.execution_link(execution.workflow or routed.workflow, execution.id))
     return Triggered(record=record, execution=execution, reused=reused)
 
 
@@ -174,17 +195,25 @@ async def await_result(deps: Deps, report: ReportRef, triggered: Triggered) -> A
             await asyncio.to_thread(deps.records.write, report, record)
             heartbeat = clock.monotonic()
     waited = clock.monotonic() - started
-    log.debug("%s: execution %s %s after %.1f s", title, execution.name, execution.status, waited)
-    return Awaited(execution.ledger_status, execution, waited)
+    status = execution.ledger_status
+    digest = None
+    if status is not Status.PASSED:
+        digest = await collect_digest(testkube, execution.id, tail_lines=settings.failure_log_lines,
+                                      max_log_bytes=settings.failure_log_max_bytes, retry=deps.retry)
+    took = f"{execution.duration_ms / 1000:.1f} s" if execution.duration_ms is not None else f"{waited:.1f} s"
+    story(log, title, "execution %s %s after %s%s", execution.name, status.value, took,
+          f": {digest.short()}" if digest is not None else "")
+    return Awaited(status, execution, waited, digest)
 
 
-async def annotate(deps: Deps, report: ReportRef, record: Record,
-                   violation: Violation | None) -> tuple[Record, str | None]:
+async def annotate(deps: Deps, report: ReportRef, record: Record, violation: Violation | None,
+                   digest: FailureDigest | None = None) -> tuple[Record, str | None]:
     """annotate-report: write the final record onto the report and an Event onto the failing
     resource (when known); tell Prefect (``policyflow.test.finished``). Answers the record written
     and the execution's link."""
     final = final_record(record, now=deps.clock.stamp())
-    if await asyncio.to_thread(deps.records.write, report, final) and violation is not None:
+    written = await asyncio.to_thread(deps.records.write, report, final)
+    if written and violation is not None:
         await asyncio.to_thread(deps.records.post_event, violation, final)
     if final.status in FINISHED:
         await asyncio.to_thread(deps.journal.finished, final)
@@ -195,6 +224,9 @@ async def annotate(deps: Deps, report: ReportRef, record: Record,
             metrics.DETECTION_TO_RESULT.observe(age)
     url = deps.execution_link(final.workflow or "", final.execution) if final.execution else None
     deps.observer.test_finished(final, namespace=violation.resource.namespace if violation else report.namespace,
-                                url=url)
-    log.debug("%s/%s %s: recorded %s on %s", final.policy, final.rule, final.resource, final.status.value, report)
+                                url=url, digest=digest)
+    if written:
+        event = f"; Event {REASONS.get(final.status, 'PolicyTest')} on {violation.resource}" if violation else ""
+        story(log, f"{final.policy}/{final.rule} {final.resource}", "recorded %s on %s (annotation %s)%s",
+              final.status.value, report, annotation_name(final.key), event)
     return final, url

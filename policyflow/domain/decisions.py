@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import (
     ClaimLostError,
     OutageError,
@@ -77,6 +78,8 @@ class Awaited:
     status: Status
     execution: Execution
     waited_seconds: float
+    #: Why the test did not pass (None when it passed, or policyflow stopped waiting).
+    digest: FailureDigest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +272,8 @@ def records_error(error: BaseException) -> bool:
 def result_record(triggered: Triggered, awaited: Awaited) -> Record:
     """The record of a finished wait: the test's status and execution."""
     return replace(triggered.record, status=awaited.status, execution=awaited.execution.id,
-                   execution_name=awaited.execution.name, error=None)
+                   execution_name=awaited.execution.name, error=None,
+                   failure=awaited.digest.short() if awaited.digest is not None else None)
 
 
 def final_record(record: Record, *, now: str) -> Record:
@@ -288,4 +292,4 @@ def final_outcome(record: Record, title: str, seconds: float, awaited: Awaited |
     if awaited is not None and awaited.execution.duration_ms is not None:
         duration = awaited.execution.duration_ms / 1000
     return ChainOutcome(record.key, title, record.workflow, record.execution_name or record.execution,
-                        Outcome.of(record.status), duration_s=round(duration, 1))
+                        Outcome.of(record.status), duration_s=round(duration, 1), detail=record.failure or "")

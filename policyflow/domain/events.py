@@ -42,6 +42,8 @@ def event_for(violation: Violation, record: Record, *, now: str, instance: str) 
     )
     if record.error:
         message += f": {record.error}"
+    elif record.failure:
+        message += f": {record.failure}"
     return {
         "apiVersion": "v1",
         "kind": "Event",

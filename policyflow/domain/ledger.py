@@ -59,6 +59,8 @@ class Record:
     #: A digest of what the route ran (workflow and config) when the record was claimed: a record
     #: of an ``error`` is tried again once its route runs something else.
     route: str | None = None
+    #: Why a test that did not pass failed, in one bounded line (the failure digest's short form).
+    failure: str | None = None
 
     @property
     def episode_id(self) -> str:
@@ -103,6 +105,7 @@ class Record:
                 error=_opt_str(data.get("error")),
                 owner=_opt_str(data.get("owner")),
                 route=_opt_str(data.get("route")),
+                failure=_opt_str(data.get("failure")),
             )
         except KeyError as exc:
             raise ValueError(f"field {exc.args[0]!r} is missing") from None

@@ -28,6 +28,13 @@ class ChainOutcome:
     #: The cause is not this violation's (policyflow refused, a system down): the cycle stops early.
     halt: bool = False
 
+    def line(self) -> str:
+        """The chain's story in one line (a batch run's log: one line per violation, not per step)."""
+        execution = f" (TestWorkflow {self.workflow} execution {self.execution})" if self.execution else ""
+        took = f" after {self.duration_s:g} s" if self.duration_s is not None else ""
+        detail = f": {self.detail}" if self.detail else ""
+        return f"{self.violation}: {self.status.value}{execution}{took}{detail}"
+
 
 def exit_status(outcomes: Iterable[ChainOutcome]) -> int:
     """0: every chain finished and every test passed; 1: some test did not pass; 3: some chain did not finish."""

@@ -15,6 +15,7 @@ from policyflow import bootstrap
 from policyflow import settings as settings_module
 from policyflow.chain.deps import Deps
 from policyflow.clock import Clock
+from policyflow.domain.digest import FailureDigest
 from policyflow.domain.ledger import Record
 from policyflow.domain.model import Violation
 from policyflow.standins.kube import KubeStandin
@@ -27,14 +28,18 @@ class Heard:
     """What the chain told its observer, in order: ("started"|"finished"|"artifact", status)."""
 
     said: list[tuple[str, str]] = field(default_factory=list)
+    digests: list[FailureDigest | None] = field(default_factory=list)
 
     def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
         self.said.append(("started", record.status.value))
 
-    def test_finished(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+    def test_finished(self, record: Record, *, namespace: str | None, url: str | None,
+                      digest: FailureDigest | None = None) -> None:
         self.said.append(("finished", record.status.value))
+        self.digests.append(digest)
 
-    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None) -> None:
+    async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None,
+                                 digest: FailureDigest | None = None) -> None:
         self.said.append(("artifact", record.status.value))
 
 
