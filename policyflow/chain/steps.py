@@ -184,13 +184,14 @@ async def annotate(deps: Deps, report: ReportRef, record: Record,
     final = final_record(record, now=deps.clock.stamp())
     if await asyncio.to_thread(deps.records.write, report, final) and violation is not None:
         await asyncio.to_thread(deps.records.post_event, violation, final)
-    metrics.OUTCOMES.labels(status=final.status.value).inc()
+    namespace = violation.resource.namespace if violation else report.namespace
+    metrics.count_outcome(metrics.Scope(policy=final.policy, rule=final.rule, namespace=namespace or "",
+                                        workflow=final.workflow or ""), final.status.value)
     if final.detected and final.status not in IN_FLIGHT:
         age = record_age(replace(final, updated=final.detected), deps.clock.now())
         if age is not None:
             metrics.DETECTION_TO_RESULT.observe(age)
     url = deps.execution_link(final.workflow or "", final.execution) if final.execution else None
-    deps.observer.test_finished(final, namespace=violation.resource.namespace if violation else report.namespace,
-                                url=url)
+    deps.observer.test_finished(final, namespace=namespace, url=url)
     log.debug("%s/%s %s: recorded %s on %s", final.policy, final.rule, final.resource, final.status.value, report)
     return final, url
