@@ -63,9 +63,11 @@ FLIP_RATE = Gauge(
     list(SCOPE_LABELS), multiprocess_mode="mostrecent",
 )
 # "max": a timestamp only moves forward, so the largest one written by any process is the latest
-# success, even when two cycles finish out of order.
+# success, even when two cycles finish out of order. Unlabelled, it is exported as 0 from the start
+# (every process creates it); the alerts read 0 as "no cycle completed yet".
 LAST_SUCCESSFUL_POLL = Gauge(
-    "policyflow_last_successful_poll_timestamp_seconds", "Unix time at which the last detection cycle completed",
+    "policyflow_last_successful_poll_timestamp_seconds",
+    "Unix time at which the last detection cycle completed (0: none since the process started)",
     multiprocess_mode="max",
 )
 RESOLVE_SECONDS = Histogram(
