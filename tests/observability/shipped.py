@@ -74,11 +74,18 @@ def concrete(expr: str, variables: dict[str, str] | None = None) -> str:
     def value(found: re.Match[str]) -> str:
         name = found["a"] or found["b"] or found["c"]
         assert name in declared, f"{name} is not a template variable of the dashboard"
-        return re.escape(variables[name]) if variables and name in variables else ALL
+        return _regex_escape(variables[name]) if variables and name in variables else ALL
 
     expr = re.sub(r"\$\{(?P<a>\w+)\}|\$(?P<b>\w+)|\[\[(?P<c>\w+)\]\]", value, expr)
     assert "$" not in expr, expr
     return expr
+
+
+def _regex_escape(value: str) -> str:
+    """``value`` as a literal inside a PromQL regex string, escaped as Grafana does it: regex
+    metacharacters get a backslash, itself escaped in the string (Python's re.escape would also
+    escape "-", which PromQL strings reject)."""
+    return re.sub(r"[\\^$.|?*+()\[\]{}]", lambda m: "\\\\" + m[0], value)
 
 
 def tool(name: str) -> str:

@@ -97,7 +97,7 @@ def test_per_violation_panels_follow_the_policy_and_namespace_variables(where: s
 def test_variables_become_concrete_promql() -> None:
     expr = 'sum(rate(x_total{policy=~"$policy", namespace=~"${namespace}"}[$__rate_interval]))'
     assert concrete(expr) == 'sum(rate(x_total{policy=~".*", namespace=~".*"}[1m]))'
-    assert concrete(expr, {"policy": "a.b"}) == 'sum(rate(x_total{policy=~"a\\.b", namespace=~".*"}[1m]))'
+    assert concrete(expr, {"policy": "a.b-c"}) == 'sum(rate(x_total{policy=~"a\\\\.b-c", namespace=~".*"}[1m]))'
     with pytest.raises(AssertionError, match="not a template variable"):
         concrete("up{job=~'$nope'}")
 
