@@ -14,7 +14,7 @@ import pytest
 
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.helpers import Policyflow, stop_process, wait_until
+from tests.helpers import Policyflow, answers, standin_env, stop_process, wait_until
 from tests.specs import REPORT_CRDS, ROOT, TESTKUBE_OPENAPI
 
 # Before anything imports Prefect: no telemetry from test servers.
@@ -81,8 +81,6 @@ def _tests_server() -> type[Any]:
 def empty_prefect_api(tmp_path: Path) -> Iterator[str]:
     """Another Prefect API, on a database of its own, empty: its URL. For a test that loses Prefect's
     database (the session's API, ``prefect_api``, keeps everything the session ran)."""
-    import httpx
-
     home = tmp_path / "prefect-home"
     home.mkdir()
     port = _free_port()
@@ -96,15 +94,9 @@ def empty_prefect_api(tmp_path: Path) -> Iterator[str]:
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
-    def healthy() -> bool:
-        assert process.poll() is None, f"the Prefect server exited: {(home / 'server.log').read_text()[-3000:]}"
-        try:
-            return httpx.get(f"{api}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_until("the other Prefect server", healthy, timeout=120, every=0.2)
+        wait_until("the other Prefect server", answers(process, f"{api}/health", home / "server.log",
+                                                       "the Prefect server"), timeout=120, every=0.2)
         yield api
     finally:
         stop_process(process)
@@ -136,15 +128,7 @@ def env(kubeconfig: Path, testkube: TestkubeStandin, monkeypatch: pytest.MonkeyP
     for name in list(os.environ):
         if name.startswith("POLICYFLOW_"):
             monkeypatch.delenv(name)
-    values = {
-        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
-        "POLICYFLOW_TESTKUBE_URL": testkube.url,
-        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
-        "POLICYFLOW_POLL_INTERVAL": "0.05",
-        "POLICYFLOW_POLL_INTERVAL_MAX": "0.2",
-        "POLICYFLOW_RETRY_DELAY": "0.05",
-        "POLICYFLOW_TESTKUBE_TIMEOUT": "2",
-    }
+    values = standin_env(kubeconfig, testkube.url)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     return values

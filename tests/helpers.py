@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,34 @@ def wait_until(what: str, probe: Callable[[], Any], timeout: float = 60.0, every
             return value
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def standin_env(kubeconfig: Path, testkube_url: str) -> dict[str, str]:
+    """POLICYFLOW_* for a user of the stand-ins, with short waits so tests stay quick."""
+    return {
+        "POLICYFLOW_KUBECONFIG": str(kubeconfig),
+        "POLICYFLOW_TESTKUBE_URL": testkube_url,
+        "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova",
+        "POLICYFLOW_POLL_INTERVAL": "0.05",
+        "POLICYFLOW_POLL_INTERVAL_MAX": "0.2",
+        "POLICYFLOW_RETRY_DELAY": "0.05",
+        "POLICYFLOW_TESTKUBE_TIMEOUT": "2",
+    }
+
+
+def answers(process: subprocess.Popen[Any], url: str, log: Path, what: str) -> Callable[[], bool]:
+    """A probe for :func:`wait_until`: whether ``url`` answers 200; an AssertionError with the tail of
+    ``log`` as soon as ``process`` (``what``) has exited, instead of waiting out the timeout."""
+    import httpx
+
+    def probe() -> bool:
+        assert process.poll() is None, f"{what} exited: {log.read_text()[-3000:]}"
+        try:
+            return httpx.get(url, timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    return probe
 
 
 def stop_process(process: subprocess.Popen[Any]) -> None:

@@ -217,14 +217,15 @@ async def annotate(deps: Deps, report: ReportRef, record: Record, violation: Vio
         await asyncio.to_thread(deps.records.post_event, violation, final)
     if final.status in FINISHED:
         await asyncio.to_thread(deps.journal.finished, final)
-    metrics.OUTCOMES.labels(status=final.status.value).inc()
+    namespace = violation.resource.namespace if violation else report.namespace
+    metrics.count_outcome(metrics.Scope(policy=final.policy, rule=final.rule, namespace=namespace or "",
+                                        workflow=final.workflow or ""), final.status.value)
     if final.detected and final.status not in IN_FLIGHT:
         age = record_age(replace(final, updated=final.detected), deps.clock.now())
         if age is not None:
             metrics.DETECTION_TO_RESULT.observe(age)
     url = deps.execution_link(final.workflow or "", final.execution) if final.execution else None
-    deps.observer.test_finished(final, namespace=violation.resource.namespace if violation else report.namespace,
-                                url=url, digest=digest)
+    deps.observer.test_finished(final, namespace=namespace, url=url, digest=digest)
     if written:
         event = f"; Event {REASONS.get(final.status, 'PolicyTest')} on {violation.resource}" if violation else ""
         story(log, f"{final.policy}/{final.rule} {final.resource}", "recorded %s on %s (annotation %s)%s",

@@ -168,8 +168,10 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     violation_md = next(a for a in artifacts if a.type == "markdown")
     assert f"[{execution['name']}](<" in violation_md.data
 
-    passed = 'policyflow_outcomes_total{status="passed"}'
-    body = wait_until("metrics", lambda: _metrics_with(served["metrics"], passed), timeout=120)
+    passed = {"status": "passed", "policy": "require-resources", "rule": "require-resources-in-deployment",
+              "namespace": "default", "workflow": "smoke-nova"}
+    body = wait_until("metrics", lambda: _metrics_with(served["metrics"], "policyflow_outcomes_total", passed),
+                      timeout=120)
     assert 'policyflow_violations_detected_total 1.0' in body
     assert "policyflow_poll_duration_seconds_count" in body
 
@@ -198,12 +200,17 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
                 (r.parameters.get("violation") or {}).get("report_name") == scenario["metadata"]["name"]]) == 1
 
 
-def _metrics_with(url: str, needle: str) -> str | None:
+def _metrics_with(url: str, sample: str, labels: dict[str, str]) -> str | None:
+    """The metrics page at ``url`` once it has a ``sample`` with exactly ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     try:
         body = httpx.get(url, timeout=2).text
     except httpx.HTTPError:
         return None
-    return body if needle in body else None
+    found = any(s.name == sample and s.labels == labels
+                for family in text_string_to_metric_families(body) for s in family.samples)
+    return body if found else None
 
 
 def test_a_failed_violation_run_retried_through_the_api_does_not_start_a_second_execution(
