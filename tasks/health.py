@@ -10,9 +10,10 @@ from datetime import datetime, timedelta
 
 from prefect.artifacts import acreate_markdown_artifact
 
+from policyflow import metrics
 from policyflow.chain.deps import Deps
 from policyflow.domain.errors import PolicyflowError
-from policyflow.domain.health import GroupBy, health
+from policyflow.domain.health import GroupBy, flips, health
 from policyflow.domain.health_render import render
 from policyflow.domain.journal import Journal, Lifecycle, decode, to_resolve
 from policyflow.scanning import Scan
@@ -43,10 +44,13 @@ async def close_resolved(deps: Deps, scan: Scan) -> Closed:
     flt = deps.settings.violation_filter()
     in_scope = {key: flt.wants_namespace(lc.identity.namespace or None) for key, lc in journal.lifecycles.items()}
     closing = to_resolve(journal, failing, in_scope=in_scope)
-    now = deps.clock.stamp()
+    now, stamp = deps.clock.now(), deps.clock.stamp()
     for lifecycle in closing:
-        assert lifecycle.latest is not None
-        await asyncio.to_thread(deps.journal.resolved, lifecycle.key, lifecycle.latest.tag, now)
+        latest = lifecycle.latest
+        assert latest is not None
+        await asyncio.to_thread(deps.journal.resolved, lifecycle.key, latest.tag, stamp)
+        if latest.opened is not None:
+            metrics.observe_resolved(scope_of(lifecycle), max((now - latest.opened).total_seconds(), 0.0))
         log.info("%s/%s %s: resolved (episode %d)", lifecycle.identity.policy, lifecycle.identity.rule,
                  lifecycle.identity.resource, len(lifecycle.episodes))
     return Closed(journal, closing)
@@ -64,9 +68,38 @@ async def publish_health(deps: Deps, *, changed: bool, cycle_started: datetime) 
     now = deps.clock.now()
     await asyncio.to_thread(deps.journal.prune, shards, now=now,
                             retention=timedelta(days=deps.settings.journal_retention_days))
+    _publish_gauges(journal, now=now, cycle_started=cycle_started, flip_window=deps.settings.flip_window)
     if changed:
         table = health(journal.lifecycles.values(), now=now, window=ARTIFACT_WINDOW, by=GroupBy.RULE,
                        flip_window=deps.settings.flip_window)
         await acreate_markdown_artifact(markdown=render(table, "markdown"), key=ARTIFACT_KEY,
                                         description="Policy health over the last 30 days (policyflow health)")
     return journal
+
+
+def scope_of(lifecycle: Lifecycle) -> metrics.Scope:
+    """The metric labels of a violation: its policy, rule, namespace and workflow (never its resource)."""
+    who = lifecycle.identity
+    return metrics.Scope(policy=who.policy, rule=who.rule, namespace=who.namespace, workflow=who.workflow)
+
+
+def _publish_gauges(journal: Journal, *, now: datetime, cycle_started: datetime, flip_window: int) -> None:
+    """Open violations by age, flip rates per scope (over each violation's last ``flip_window`` tested
+    episodes), and the reopenings this cycle started (counted once: by the cycle they opened in)."""
+    open_rows: list[metrics.OpenViolation] = []
+    pairs: dict[metrics.Scope, list[int]] = {}
+    for lifecycle in journal.lifecycles.values():
+        scope, latest = scope_of(lifecycle), lifecycle.latest
+        if latest is not None and lifecycle.is_open and latest.start is not None:
+            open_rows.append(metrics.OpenViolation(scope, max((now - latest.start).total_seconds(), 0.0)))
+        outcomes = [p for e in lifecycle.episodes if (p := e.test_passed) is not None][-flip_window:]
+        flipped, compared = flips(outcomes)
+        if compared:
+            total = pairs.setdefault(scope, [0, 0])
+            total[0] += flipped
+            total[1] += compared
+        for episode in lifecycle.reopenings():
+            if episode.opened is not None and cycle_started <= episode.opened <= now:
+                metrics.count_reopened(scope)
+    metrics.set_open_violations(open_rows)
+    metrics.set_flip_rates({scope: flipped / compared for scope, (flipped, compared) in pairs.items()})

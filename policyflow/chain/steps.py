@@ -29,6 +29,7 @@ from policyflow.domain.decisions import (
     last_record,
     resumable,
     started_record,
+    trigger_lag,
 )
 from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import (
@@ -135,6 +136,8 @@ async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered
     if await asyncio.to_thread(deps.records.write, violation.report, record):
         await asyncio.to_thread(deps.records.post_event, violation, record)
     metrics.TRIGGERS_STARTED.labels(reused=str(reused).lower()).inc()
+    if not reused:
+        metrics.observe_trigger_lag(routed.workflow, trigger_lag(violation, claim, deps.clock.now()))
     deps.observer.test_started(record, namespace=violation.resource.namespace,
                                url=deps.execution_link(execution.workflow or routed.workflow, execution.id))
     story(log, violation.title, "%s TestWorkflow %s execution %s (id %s): %s",

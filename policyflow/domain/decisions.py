@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
 
 from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import (
@@ -217,6 +218,17 @@ def started_record(claim: Record, execution: Execution, *, now: str) -> Record:
     status = execution.ledger_status if execution.ledger_status in IN_FLIGHT else Status.RUNNING
     return replace(claim, status=status, execution=execution.id, execution_name=execution.name, updated=now,
                    error=None)
+
+
+def trigger_lag(violation: Violation, claim: Record, now: datetime) -> float:
+    """Seconds from detection to the test's start: from the result's own timestamp (when the engine
+    found the failure) when the report has one, else from the claim (when policyflow saw it)."""
+    if violation.timestamp is not None:
+        return max(now.timestamp() - violation.timestamp, 0.0)
+    try:
+        return max((now - datetime.fromisoformat(claim.detected or claim.updated)).total_seconds(), 0.0)
+    except (ValueError, TypeError):
+        return 0.0
 
 
 def resumable(fetched: Fetched) -> Triggered | None:

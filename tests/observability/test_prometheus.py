@@ -39,12 +39,7 @@ pytestmark = [pytest.mark.e2e]
 #: Metrics defined in policyflow/metrics.py that nothing sets yet: the history and health code
 #: (issue 10, part 3) will. An expression that reads one must come back empty until then; once it
 #: has data, this test fails and asks for the name to be taken off the list.
-PENDING_WIRING = frozenset({
-    "policyflow_violations_open", "policyflow_violation_open_max_age_seconds",
-    "policyflow_violation_resolve_seconds", "policyflow_violations_resolved_total",
-    "policyflow_violations_reopened_total", "policyflow_violation_flip_rate", "policyflow_trigger_lag_seconds",
-    "policyflow_last_successful_poll_timestamp_seconds",
-})
+PENDING_WIRING: frozenset[str] = frozenset()
 #: The served violations' labels, for the dashboard's variables set to one value each.
 CHOSEN = {"policy": "require-resources", "namespace": "default", "workflow": "smoke-nova"}
 SELECTOR = re.compile(r"\b(policyflow_\w+)(\{[^}]*\})?")
@@ -68,14 +63,17 @@ def _sample(url: str, name: str, **labels: str) -> bool:
                for family in text_string_to_metric_families(body) for s in family.samples)
 
 
-def _violation(kube: KubeStandin, name: str) -> None:
-    kube.create(report_for(example("policyreport-fail.yaml"), kube.create(deployment(name))))
+def _violation(kube: KubeStandin, name: str, resource: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A failing report for Deployment ``name`` (created unless given): Kyverno's, as it writes it."""
+    resource = resource if resource is not None else kube.create(deployment(name))
+    return kube.create(report_for(example("policyreport-fail.yaml"), resource))
 
 
 @pytest.fixture(scope="module")
 def target(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A ``policyflow serve`` that handled three violations: one whose test passed, one whose test
-    failed, one whose trigger failed (Testkube refused to start it): its /metrics address (host:port)."""
+    """A ``policyflow serve`` that handled three violations: one whose test passed, that was fixed
+    (Kyverno deleted its report) and came back with a failing test (resolved, reopened, a flip); one
+    whose test failed; one whose trigger failed (Testkube refused to start it): its /metrics address."""
     tmp = tmp_path_factory.mktemp("served")
     (tmp / "metrics").mkdir()
     with KubeStandin(REPORT_CRDS) as kube, \
@@ -86,13 +84,22 @@ def target(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         process = serve(env, log, interval=3600, metrics_port=port, PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"))
         metrics = f"http://127.0.0.1:{port}/metrics"
         try:
-            _violation(kube, "observed-passes")
+            fixed = _violation(kube, "observed-passes")
             poll_now()
             wait_until("a passed outcome on /metrics", lambda: _sample(
                 metrics, "policyflow_outcomes_total", status="passed", **CHOSEN), timeout=180, every=0.5)
+            kube.delete(fixed["apiVersion"], fixed["kind"], fixed["metadata"]["name"], "default")
+            poll_now()
+            wait_until("a resolved violation on /metrics", lambda: _sample(
+                metrics, "policyflow_violations_resolved_total", **CHOSEN), timeout=180, every=0.5)
             testkube.set_outcome("smoke-nova", "failed")
+            resource = kube.get("apps/v1", "Deployment", "observed-passes", "default")
+            assert resource is not None
+            _violation(kube, "observed-passes", resource)
             _violation(kube, "observed-test-fails")
             poll_now()
+            wait_until("a reopened violation on /metrics", lambda: _sample(
+                metrics, "policyflow_violations_reopened_total", **CHOSEN), timeout=180, every=0.5)
             wait_until("a failed outcome on /metrics", lambda: _sample(
                 metrics, "policyflow_outcomes_total", status="failed", **CHOSEN), timeout=180, every=0.5)
             testkube.inject(method="POST", path=r"/test-workflows/[^/]+/executions$", status=404, times=1000)
