@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import logging
 import os
 import socket
 import threading
@@ -98,6 +99,10 @@ def for_flows() -> Deps:
     global _installed
     with _lock:
         if _installed is None:
+            # A process Prefect started (a served or deployed run): nobody set policyflow's log level,
+            # and Prefect's root is WARNING; the run's story (INFO) belongs in its Logs tab.
+            if logging.getLogger("policyflow").level == logging.NOTSET:
+                logging.getLogger("policyflow").setLevel(logging.INFO)
             _installed = build(*settings_module.load())
             atexit.register(_installed.close)  # a served run's process: its Lease goes with it
         return _installed

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--once", action="store_true",
                       help="no UI: run --cycles detection cycles in this terminal, print what happened, exit")
-    demo.add_argument("--cycles", type=int, default=2, help="with --once: detection cycles to run (default 2)")
+    demo.add_argument("--cycles", type=int, default=3, help="with --once: detection cycles to run (default 3)")
     demo.add_argument("--port", type=int, default=4200, help="Prefect UI/API port (default 4200; 0: any free)")
     demo.add_argument("--interval", type=float, default=10.0, help="seconds between polls (default 10)")
     demo.add_argument("--home", default=None, help="Prefect home for the demo server (default: a new temp dir)")
@@ -118,6 +118,13 @@ def _window(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a duration: write a positive number and a unit (s, m, h, d, w), e.g. 30d"
         ) from None
+
+
+def let_the_story_through(terminal_level: str) -> None:
+    """policyflow's own loggers let INFO through to their handlers (Prefect's API handler: the run's
+    Logs tab tells its story), whatever the terminal shows."""
+    logger = logging.getLogger("policyflow")
+    logger.setLevel(min(logging.INFO, logging.getLevelName(terminal_level)))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -297,6 +304,12 @@ def _watch(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
+    return show_health(_overrides(args), window=args.since, by=args.by, output=args.output)
+
+
+def show_health(overrides: dict[str, Any], *, window: timedelta = timedelta(days=30), by: str = "rule",
+                output: str = "table") -> int:
+    """Print the health table of the lifecycle journal (``policyflow health``); no Prefect import."""
     from policyflow import settings as settings_module
     from policyflow.clients.kube import KubeClient
     from policyflow.domain.health import GroupBy, health
@@ -304,7 +317,7 @@ def _health(args: argparse.Namespace) -> int:
     from policyflow.domain.journal import decode
     from policyflow.journal import JournalStore
 
-    settings, _ = settings_module.load(_overrides(args))
+    settings, _ = settings_module.load(overrides)
     kube = KubeClient.connect(**settings.kube_options())
     try:
         store = JournalStore(kube, namespace=settings.journal_namespace, retry=settings.retry_policy())
@@ -313,9 +326,9 @@ def _health(args: argparse.Namespace) -> int:
         kube.close()
     for problem in journal.problems:
         print(f"policyflow: {problem}", file=sys.stderr)
-    figures = health(journal.lifecycles.values(), now=datetime.now(UTC), window=args.since,
-                     by=GroupBy(args.by), flip_window=settings.flip_window)
-    print(render(figures, args.output))
+    figures = health(journal.lifecycles.values(), now=datetime.now(UTC), window=window, by=GroupBy(by),
+                     flip_window=settings.flip_window)
+    print(render(figures, output))
     return 0
 
 
@@ -336,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``policyflow`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(args.log_level)  # the terminal shows --log-level and up ...
+    let_the_story_through(args.log_level)  # ... while a run's story (INFO) still reaches the Prefect UI
     try:
         if args.command == "scan":
             return _scan(args)
@@ -360,7 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from policyflow.demo import run_demo, serve_demo
 
             if args.once:
-                return run_demo(lambda settings: run_cycle(args, overrides=settings), cycles=args.cycles)
+                return run_demo(lambda settings: run_cycle(args, overrides=settings),
+                                lambda settings: show_health(settings), cycles=args.cycles)
             import tempfile
 
             home = Path(args.home) if args.home else Path(tempfile.mkdtemp(prefix="policyflow-prefect-"))

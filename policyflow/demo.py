@@ -26,6 +26,7 @@ import yaml
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
+from policyflow.standins.testkube.scripts import smoke_script
 
 BANNER = """\
 ================================================================================
@@ -45,14 +46,33 @@ def _example(name: str) -> dict[str, Any]:
     return data
 
 
+#: The demo's routes: the shop namespace's violations run a smoke test that fails (its app is down).
+ROUTES = """\
+routes:
+  - name: shop
+    match: {namespaces: [shop]}
+    workflow: smoke-shop
+"""
+
+
 class Scenario:
-    """The stand-ins, loaded with the seed's scenario, and the settings that point policyflow at them."""
+    """The stand-ins, loaded with the seed's scenario, and the settings that point policyflow at them.
+
+    Three failing Deployments: ``default/nginx-no-cpu`` (its smoke test passes), ``shop/checkout``
+    (its smoke test fails: curl cannot reach the app; the log also leaks a token, which policyflow
+    redacts), and ``default/flappy``, whose report :meth:`flap` deletes and re-creates as Kyverno does
+    when a violation is fixed and comes back (resolved, then reopened: the health table counts it).
+    """
 
     def __init__(self, workdir: Path) -> None:
         crds = sorted(_data("crds").glob("*.yaml"))
         self.kube = KubeStandin(crds)
-        self.testkube = TestkubeStandin(workflows=["smoke-nova"], running_polls=2)
+        self.testkube = TestkubeStandin(workflows=["smoke-nova", "smoke-shop"], running_polls=2)
+        self.testkube.set_outcome("smoke-shop", "failed")
+        self.testkube.set_script("smoke-shop", smoke_script(leak_credential=True))
         self.workdir = workdir
+        self._flappy: dict[str, Any] | None = None
+        self._flappy_report: dict[str, Any] | None = None
 
     def __enter__(self) -> Scenario:
         self.kube.start()
@@ -61,23 +81,62 @@ class Scenario:
         self.report = self.kube.create(report_for(_example("policyreport-fail.yaml"), failing))
         passing = self.kube.create(deployment("web-ok", cpu="250m"))
         self.kube.create(report_for(_example("policyreport-pass.yaml"), passing))
+        self.kube.ensure_namespace("shop")
+        checkout = self.kube.create(deployment("checkout", "shop", cpu="50m"))
+        self.kube.create(report_for(_example("policyreport-fail.yaml"), checkout))
+        self._flappy = self.kube.create(deployment("flappy", cpu="150m"))
+        self.flap()
         kubeconfig = self.kube.write_kubeconfig(self.workdir / "kubeconfig")
+        config = self.workdir / "routes.yaml"
+        config.write_text(ROUTES, encoding="utf-8")
         #: policyflow's settings for this scenario (a user's POLICYFLOW_DEFAULT_WORKFLOW wins).
         self.settings: dict[str, str] = {
             "kubeconfig": str(kubeconfig),
+            "config": str(config),
             "testkube_url": self.testkube.url,
             "poll_interval": "0.5",
             "default_workflow": os.environ.get("POLICYFLOW_DEFAULT_WORKFLOW") or "smoke-nova",
         }
         print(f"Kubernetes API stand-in: {self.kube.url}  (kubeconfig: {kubeconfig})")
-        print(f"Testkube API stand-in:   {self.testkube.base_url}  (TestWorkflow: smoke-nova)")
+        print(f"Testkube API stand-in:   {self.testkube.base_url}  (TestWorkflows: smoke-nova, smoke-shop)")
         print(f"Loaded: Deployment default/nginx-no-cpu (cpu 100m) and its failing PolicyReport "
-              f"{self.report['metadata']['name']};\n        Deployment default/web-ok (cpu 250m), passing.\n")
+              f"{self.report['metadata']['name']} (smoke-nova passes);\n"
+              "        Deployment shop/checkout (cpu 50m), failing (smoke-shop fails: its app is down);\n"
+              "        Deployment default/flappy (cpu 150m), failing, fixed and broken again every few polls;\n"
+              "        Deployment default/web-ok (cpu 250m), passing.\n")
         return self
+
+    def flap(self) -> str:
+        """Kyverno's view of ``default/flappy`` changes: a failing report appears, or (fixed) goes away."""
+        assert self._flappy is not None
+        if self._flappy_report is None:
+            self._flappy_report = self.kube.create(report_for(_example("policyreport-fail.yaml"), self._flappy))
+            return "default/flappy fails require-resources again"
+        report, self._flappy_report = self._flappy_report, None
+        self.kube.delete(report["apiVersion"], report["kind"], report["metadata"]["name"], "default")
+        return "default/flappy was fixed (Kyverno deleted its report)"
 
     def __exit__(self, *exc: object) -> None:
         self.testkube.stop()
         self.kube.stop()
+
+
+@contextlib.contextmanager
+def flapping(scenario: Scenario, every: float) -> Iterator[None]:
+    """Fix and break ``default/flappy`` every ``every`` seconds while the demo is served."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            print(f"demo: {scenario.flap()}", flush=True)
+
+    thread = threading.Thread(target=run, name="demo-flappy", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: int | None, interval: float) -> int:
@@ -100,6 +159,7 @@ def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: i
         print(f"Starting a local Prefect server (SQLite in {home}) ...")
         server.start()
         scenario = stack.enter_context(Scenario(workdir))
+        stack.enter_context(flapping(scenario, every=max(3 * interval, 10.0)))
         # Served runs are processes of their own: the environment is how their settings reach them.
         os.environ.update({f"POLICYFLOW_{name.upper()}": value for name, value in scenario.settings.items()})
         os.environ["PREFECT_API_URL"] = server.api_url
@@ -108,7 +168,8 @@ def serve_demo(serve_cli: Callable[[Sequence[str]], int], *, home: Path, port: i
               " the violation's run")
         print("             is named require-resources/require-resources-in-deployment "
               "default/Deployment/nginx-no-cpu)")
-        print(f"  Artifacts: {server.url}/artifacts")
+        print("             shop/checkout's run fails: its artifact and Logs tab say why (step, exit code, log)")
+        print(f"  Artifacts: {server.url}/artifacts  (policy-health: the health table, a version per poll)")
         print("  By hand:   Deployments > handle-violation > Run, with the violation's report_name, report_namespace,")
         print("             policy and rule;")
         print("             any violation run > Retry (the chain resumes; Testkube never runs twice for one episode)")
@@ -148,28 +209,37 @@ def _uninterrupted(stop: Callable[[], None]) -> None:
             signal.signal(sig, handler)
 
 
-def run_demo(run_cycle: Callable[[dict[str, Any]], int], *, cycles: int = 2) -> int:
+def run_demo(run_cycle: Callable[[dict[str, Any]], int], show_health: Callable[[dict[str, Any]], int], *,
+             cycles: int = 3) -> int:
     """Start the stand-ins, load the seed's scenario, run ``cycles`` detection cycles (``run_cycle``
-    with the scenario's settings: ``policyflow run-once``); the last exit status."""
+    with the scenario's settings: ``policyflow run-once``), fixing and breaking ``default/flappy``
+    between cycles, then show the health table (``show_health``: ``policyflow health``); the last
+    cycle's exit status."""
     print(BANNER)
     workdir = Path(tempfile.mkdtemp(prefix="policyflow-demo-"))
     with Scenario(workdir) as scenario:
-        kube, testkube, report = scenario.kube, scenario.testkube, scenario.report
+        kube, testkube = scenario.kube, scenario.testkube
         code = 0
         for cycle in range(1, cycles + 1):
             print(f"--- cycle {cycle}: policyflow run-once")
             code = run_cycle(scenario.settings)
             print(f"(exit status {code})\n")
-        now = kube.get("wgpolicyk8s.io/v1alpha2", "PolicyReport", report["metadata"]["name"], "default") or {}
-        print("--- what policyflow recorded on the report (metadata.annotations):")
-        for name, value in sorted((now.get("metadata") or {}).get("annotations", {}).items()):
-            print(f"{name}:\n{json.dumps(json.loads(value), indent=2)}")
-        print("\n--- Events on Deployment default/nginx-no-cpu (what `kubectl describe` shows):")
+            if cycle < cycles:
+                print(f"demo: {scenario.flap()}\n")
+        print("--- what policyflow recorded on the reports (metadata.annotations):")
+        for now in kube.objects("wgpolicyk8s.io/v1alpha2", "PolicyReport"):
+            for name, value in sorted((now.get("metadata") or {}).get("annotations", {}).items()):
+                if name.startswith("policyflow.io/"):
+                    print(f"{name}:\n{json.dumps(json.loads(value), indent=2)}")
+        print("\n--- Events on the failing Deployments (what `kubectl describe` shows):")
         for event in kube.objects("v1", "Event"):
-            print(f"  {event['type']:8} {event['reason']:18} {event['message']}")
+            where = f"{event['involvedObject'].get('namespace', '')}/{event['involvedObject']['name']}"
+            print(f"  {where:22} {event['type']:8} {event['reason']:18} {event['message']}")
         print(f"\n--- Testkube executions: {len(testkube.executions)}")
         for execution in testkube.executions:
             print(f"  {execution['name']}  {execution['result']['status']}  tags={execution.get('tags')}")
+        print("\n--- policyflow health (from the lifecycle journal)")
+        show_health(scenario.settings)
     shutil.rmtree(workdir, ignore_errors=True)
     sys.stdout.flush()
     return code

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(360)]
 
 TITLE = "require-resources/require-resources-in-deployment default/Deployment/nginx-no-cpu"
+#: The demo's violation whose smoke test fails (shop/checkout's app is down).
+FAILING = "require-resources/require-resources-in-deployment shop/Deployment/checkout"
+HEADLINE = 'step "Run smoke test" failed (exit 7)'
 TASKS = ("fetch-violation", "trigger-testkube", "await-result", "annotate-report")
 SHOTS = ROOT / "test-output" / "browser"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -120,9 +123,9 @@ def api(url: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
     return result
 
 
-def completed_violation_run(url: str) -> dict[str, Any] | None:
+def completed_violation_run(url: str, title: str = TITLE) -> dict[str, Any] | None:
     try:
-        runs = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [TITLE]}}})
+        runs = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"any_": [title]}}})
     except httpx.HTTPError:
         return None
     return next((run for run in runs if run["state_type"] == "COMPLETED"), None)
@@ -223,6 +226,35 @@ def test_the_demo_ui_shows_the_violation_run_its_task_runs_and_its_artifact(
                              ("Status", "passed")):
             expect(table.get_by_role("row", name=f"{label} {value}", exact=True)).to_be_visible()
         shots.take("06-artifact-violation")
+
+        # Why shop/checkout's smoke test failed, without leaving Prefect: the run's Logs tab tells the
+        # story, its artifact holds the failing step, the exit code and the log's end (token redacted).
+        failed = wait_until(f"a finished run named {FAILING!r}", lambda: completed_violation_run(demo, FAILING),
+                            timeout=150)
+        page.goto(f"{demo}/runs/flow-run/{failed['id']}?tab=Logs", wait_until="networkidle")
+        expect(page.get_by_text(re.compile(r"started TestWorkflow smoke-shop execution smoke-shop-\d+")).first) \
+            .to_be_visible()
+        expect(page.get_by_text(re.compile(r"execution smoke-shop-\d+ failed after .*" + re.escape(HEADLINE))).first) \
+            .to_be_visible()
+        expect(page.get_by_text(re.compile(r"recorded failed on PolicyReport shop/")).first).to_be_visible()
+        shots.take("07-failed-run-logs")
+        (failed_artifact,) = [a for a in api(demo, "/artifacts/filter",
+                                             {"artifacts": {"flow_run_id": {"any_": [failed["id"]]}}})
+                              if a["key"].startswith("violation-")]
+        page.goto(f"{demo}/artifacts/artifact/{failed_artifact['id']}", wait_until="networkidle")
+        expect(page.get_by_role("heading", name=HEADLINE)).to_be_visible()
+        expect(page.get_by_text("Exit code: 7")).to_be_visible()
+        expect(page.get_by_text(re.compile(r"curl: \(7\) Failed to connect")).first).to_be_visible()
+        expect(page.get_by_text("Authorization: [REDACTED]")).to_be_visible()
+        shots.take("08-failed-run-digest")
+
+        # The health table, a version per poll that changed anything.
+        page.goto(f"{demo}/artifacts/key/policy-health", wait_until="networkidle")
+        expect(page.get_by_text("policy-health", exact=True).first).to_be_visible()
+        page.get_by_role("link", name=re.compile(r"^[0-9a-f]{8}$")).first.click()
+        expect(page.get_by_role("table").first).to_contain_text("require-resources-in-deployment")
+        expect(page.get_by_text(re.compile(r"^Policy health by rule"))).to_be_visible()
+        shots.take("09-policy-health")
     except BaseException:
         with contextlib.suppress(Exception):
             shots.take("failure")
