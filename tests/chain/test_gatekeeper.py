@@ -29,17 +29,11 @@ from tests.chain.conftest import Make
 from tests.helpers import deploy, records
 from tests.specs import REPORT_CRDS
 
-CRD = Path(__file__).resolve().parents[1] / "data" / "gatekeeper" / "k8srequiredlabels-crd.yaml"
 GROUP, VERSION, PLURAL, KIND = "constraints.gatekeeper.sh", "v1beta1", "k8srequiredlabels", "K8sRequiredLabels"
 NAME = "must-have-team"
 MESSAGE = 'you must provide labels: {"team"}'
 
-
-@pytest.fixture
-def kube() -> Iterator[KubeStandin]:
-    """The stand-in serving the report CRDs and Gatekeeper's K8sRequiredLabels constraint CRD."""
-    with KubeStandin([*REPORT_CRDS, CRD]) as server:
-        yield server
+pytestmark = pytest.mark.gatekeeper
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from policyflow.preflight import FAILED, OK, OPTIONAL, PREFECT_NOT_SET, run_chec
 from policyflow.settings import load
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.specs import CRDS
+from tests.specs import BOTH_SOURCES_CRDS, CRDS
 
 pytestmark = pytest.mark.e2e
 
@@ -231,14 +231,9 @@ def test_prefect_api(monkeypatch: pytest.MonkeyPatch) -> None:
     assert line.startswith(f"{FAILED} Prefect API:") and "unreachable" in line and "PREFECT_API_URL" in line
 
 
-GATEKEEPER_CRD = Path(__file__).resolve().parents[1] / "data" / "gatekeeper" / "k8srequiredlabels-crd.yaml"
-
-
 def test_gatekeeper_served_is_checked_and_its_rbac_is_optional(env: dict[str, str], tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from tests.specs import REPORT_CRDS
-
-    with KubeStandin([*REPORT_CRDS, GATEKEEPER_CRD]) as both:
+    with KubeStandin(BOTH_SOURCES_CRDS) as both:
         monkeypatch.setenv("POLICYFLOW_KUBECONFIG", str(both.write_kubeconfig(tmp_path / "kc")))
         code, lines = check()
         assert code == 0, lines

@@ -3,8 +3,6 @@ against the stand-ins and the session's real Prefect API."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,24 +11,10 @@ from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import CONSTRAINTS_API, audit_status, required_labels
 from policyflow.standins.testkube import TestkubeStandin
 from tests.helpers import Policyflow, deploy, load_report, records
-from tests.specs import REPORT_CRDS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
+pytestmark = [pytest.mark.e2e, pytest.mark.gatekeeper, pytest.mark.usefixtures("prefect_api")]
 
-CRD = Path(__file__).resolve().parents[1] / "data" / "gatekeeper" / "k8srequiredlabels-crd.yaml"
 MESSAGE = 'you must provide labels: {"team"}'
-
-
-@pytest.fixture
-def kube() -> Iterator[KubeStandin]:
-    with KubeStandin([*REPORT_CRDS, CRD]) as server:
-        yield server
-
-
-@pytest.fixture
-def failing(kube: KubeStandin) -> dict[str, Any]:
-    """The seed's failing PolicyReport for Deployment default/nginx-no-cpu."""
-    return load_report(kube, resource=deploy(kube, "nginx-no-cpu"))
 
 
 def audited(kube: KubeStandin, found: list[dict[str, Any]], at: str, limit: int = 20) -> dict[str, Any]:
@@ -43,8 +27,9 @@ def audited(kube: KubeStandin, found: list[dict[str, Any]], at: str, limit: int 
 
 
 def test_run_once_tests_each_constraint_entry_once_beside_the_kyverno_report_and_scan_says_when_a_list_is_cut(
-    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin
 ) -> None:
+    load_report(kube, resource=deploy(kube, "nginx-no-cpu"))  # the Kyverno violation beside them
     shop = [deploy(kube, name, "shop") for name in ("b-cart", "c-web")]
     constraint = audited(kube, shop, "2026-12-01T10:00:00Z")
     first = policyflow("run-once")
