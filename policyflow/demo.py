@@ -1,7 +1,9 @@
 """``policyflow demo``: the whole loop on a machine with nothing else installed.
 
 The Kubernetes API and Testkube are the loopback stand-ins from :mod:`policyflow.standins`, loaded
-with the CRDs and the seed's failing PolicyReport shipped in ``policyflow/data``. Prefect is real: the
+with the CRDs shipped in ``policyflow/data`` (the report CRDs and Gatekeeper's K8sRequiredLabels), the
+seed's failing PolicyReport, and a K8sRequiredLabels constraint whose audit found a Deployment without
+a ``team`` label: one violation from each source. Prefect is real: the
 flows run on a local Prefect API (a temporary one unless ``PREFECT_API_URL`` points at a server).
 """
 
@@ -16,6 +18,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from types import FrameType
@@ -24,7 +27,7 @@ from typing import Any
 import yaml
 
 from policyflow.standins.kube import KubeStandin
-from policyflow.standins.scenario import deployment, report_for
+from policyflow.standins.scenario import CONSTRAINTS_API, audit_status, deployment, report_for, required_labels
 from policyflow.standins.testkube import TestkubeStandin
 from policyflow.standins.testkube.scripts import smoke_script
 
@@ -38,6 +41,18 @@ BANNER = """\
 
 def _data(*parts: str) -> Path:
     return Path(str(resources.files("policyflow").joinpath("data", *parts)))
+
+
+def _pretty(value: str) -> str:
+    """An annotation's value, indented when it is JSON (a record)."""
+    try:
+        return json.dumps(json.loads(value), indent=2)
+    except ValueError:
+        return value
+
+
+def _now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -65,7 +80,7 @@ class Scenario:
     """
 
     def __init__(self, workdir: Path) -> None:
-        crds = sorted(_data("crds").glob("*.yaml"))
+        crds = [*sorted(_data("crds").glob("*.yaml")), _data("gatekeeper", "k8srequiredlabels-crd.yaml")]
         self.kube = KubeStandin(crds)
         self.testkube = TestkubeStandin(workflows=["smoke-nova", "smoke-shop"], running_polls=2)
         self.testkube.set_outcome("smoke-shop", "failed")
@@ -79,13 +94,18 @@ class Scenario:
         self.testkube.start()
         failing = self.kube.create(deployment("nginx-no-cpu", cpu="100m"))
         self.report = self.kube.create(report_for(_example("policyreport-fail.yaml"), failing))
-        passing = self.kube.create(deployment("web-ok", cpu="250m"))
+        passing = self.kube.create(deployment("web-ok", cpu="250m", labels={"team": "web"}))
         self.kube.create(report_for(_example("policyreport-pass.yaml"), passing))
         self.kube.ensure_namespace("shop")
         checkout = self.kube.create(deployment("checkout", "shop", cpu="50m"))
         self.kube.create(report_for(_example("policyreport-fail.yaml"), checkout))
         self._flappy = self.kube.create(deployment("flappy", cpu="150m"))
         self.flap()
+        # Gatekeeper's audit found nginx-no-cpu without a team label (web-ok has one).
+        constraint = required_labels("deployments-must-have-team", ["team"], namespaces=["default"])
+        constraint["status"] = audit_status([(failing, 'you must provide labels: {"team"}')],
+                                            timestamp=_now_rfc3339())
+        self.constraint = self.kube.create(constraint)
         kubeconfig = self.kube.write_kubeconfig(self.workdir / "kubeconfig")
         config = self.workdir / "routes.yaml"
         config.write_text(ROUTES, encoding="utf-8")
@@ -99,11 +119,12 @@ class Scenario:
         }
         print(f"Kubernetes API stand-in: {self.kube.url}  (kubeconfig: {kubeconfig})")
         print(f"Testkube API stand-in:   {self.testkube.base_url}  (TestWorkflows: smoke-nova, smoke-shop)")
-        print(f"Loaded: Deployment default/nginx-no-cpu (cpu 100m) and its failing PolicyReport "
-              f"{self.report['metadata']['name']} (smoke-nova passes);\n"
+        print(f"Loaded: Deployment default/nginx-no-cpu (cpu 100m, no team label), its failing PolicyReport "
+              f"{self.report['metadata']['name']} (smoke-nova passes)\n"
+              "        and the Gatekeeper constraint K8sRequiredLabels deployments-must-have-team, audited;\n"
               "        Deployment shop/checkout (cpu 50m), failing (smoke-shop fails: its app is down);\n"
               "        Deployment default/flappy (cpu 150m), failing, fixed and broken again every few polls;\n"
-              "        Deployment default/web-ok (cpu 250m), passing.\n")
+              "        Deployment default/web-ok (cpu 250m, team web), passing both.\n")
         return self
 
     def flap(self) -> str:
@@ -226,12 +247,17 @@ def run_demo(run_cycle: Callable[[dict[str, Any]], int], show_health: Callable[[
             print(f"(exit status {code})\n")
             if cycle < cycles:
                 print(f"demo: {scenario.flap()}\n")
-        print("--- what policyflow recorded on the reports (metadata.annotations):")
-        for now in kube.objects("wgpolicyk8s.io/v1alpha2", "PolicyReport"):
-            for name, value in sorted((now.get("metadata") or {}).get("annotations", {}).items()):
-                if name.startswith("policyflow.io/"):
-                    print(f"{name}:\n{json.dumps(json.loads(value), indent=2)}")
-        print("\n--- Events on the failing Deployments (what `kubectl describe` shows):")
+        constraint = kube.get(CONSTRAINTS_API, "K8sRequiredLabels", "deployments-must-have-team") or {}
+        reports = kube.objects("wgpolicyk8s.io/v1alpha2", "PolicyReport")
+        for where, obj in [*((f"PolicyReport {r['metadata'].get('namespace')}/{r['metadata']['name']}", r)
+                             for r in reports), ("the Gatekeeper constraint", constraint)]:
+            records = {k: v for k, v in ((obj.get("metadata") or {}).get("annotations") or {}).items()
+                       if k.startswith("policyflow.io/")}
+            if records:
+                print(f"--- what policyflow recorded on {where} (metadata.annotations):")
+            for name, value in sorted(records.items()):
+                print(f"{name}:\n{_pretty(value)}")
+        print("\n--- Events on the failing resources (what `kubectl describe` shows):")
         for event in kube.objects("v1", "Event"):
             where = f"{event['involvedObject'].get('namespace', '')}/{event['involvedObject']['name']}"
             print(f"  {where:22} {event['type']:8} {event['reason']:18} {event['message']}")

@@ -8,10 +8,13 @@ required check passed, else 1. What is checked, in order:
   costs seconds; read from the environment, else from the active Prefect profile);
 * the cluster answers (``GET /version``);
 * the report CRDs are served: one missing group is ``!`` (Kyverno writes one of the two), both
-  missing is ``✗``;
+  missing is ``✗`` (not asked when ``sources`` leaves kyverno out);
+* Gatekeeper's constraint kinds are served: asked when ``sources`` is empty or names gatekeeper, a
+  line only when they are there or named (then missing is ``✗``);
 * every permission of :func:`policyflow.domain.permissions.needed` is allowed, as a
   SelfSubjectAccessReview answers (permissions on report kinds policyflow will not read, because the
-  CRD is not served or ``cluster_reports`` is off, are optional);
+  CRD is not served or ``cluster_reports`` is off, are optional; those on constraints are asked only
+  when Gatekeeper is served, and required only when ``sources`` names gatekeeper);
 * Testkube answers a GET that needs the token (``401``: the token is refused);
 * every TestWorkflow the routes name (templated names are known only per violation) exists.
 
@@ -25,7 +28,7 @@ import os
 import ssl
 import tomllib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -35,7 +38,8 @@ import httpx
 from policyflow.clients.kube import KubeClient
 from policyflow.clients.testkube import TestkubeClient, TestkubeUnavailable, TokenRefusedError
 from policyflow.domain.errors import ConfigError, NotFoundError, PolicyflowError
-from policyflow.domain.model import REPORT_KINDS, ReportKind
+from policyflow.domain.gatekeeper import CONSTRAINTS_GROUP, CONSTRAINTS_VERSION, constraint_kinds
+from policyflow.domain.model import REPORT_KINDS, ReportKind, Source
 from policyflow.domain.permissions import Permission, needed
 from policyflow.domain.routing import RoutingTable
 from policyflow.settings import Settings
@@ -176,7 +180,8 @@ def _cluster_checks(kube: KubeClient, settings: Settings, permissions: list[Perm
         return
     yield Check("cluster", True, detail=f"{server} answers (Kubernetes {version})")
 
-    kinds = [kind for kind in REPORT_KINDS if kind.namespaced or settings.cluster_reports]
+    kyverno = not settings.sources or Source.KYVERNO in settings.sources
+    kinds = [kind for kind in REPORT_KINDS if kyverno and (kind.namespaced or settings.cluster_reports)]
     served: dict[ReportKind, bool] = {}
     for kind in kinds:
         try:
@@ -196,8 +201,21 @@ def _cluster_checks(kube: KubeClient, settings: Settings, permissions: list[Perm
             yield Check(name, False, detail="not served, nor any other report kind: install Kyverno with its "
                         "report CRDs (wgpolicyk8s.io, or openreports.io with --openreportsEnabled)")
 
+    try:
+        gatekeeper = gatekeeper_check(kube, settings)
+    except PolicyflowError as exc:
+        yield Check(f"CRDs {CONSTRAINTS_GROUP}", False, detail=f"discovery failed: {exc}")
+        return
+    if gatekeeper is not None:
+        yield gatekeeper
+    read_constraints = gatekeeper is not None and gatekeeper.ok
     unread = {(kind.group, kind.plural) for kind in REPORT_KINDS if not served.get(kind, False)}
     for permission in permissions:
+        if permission.group == CONSTRAINTS_GROUP:
+            if not read_constraints:
+                continue  # no constraints to read: not a question worth a line
+            if Source.GATEKEEPER in settings.sources:
+                permission = replace(permission, required=True)
         try:
             namespace = getattr(settings, permission.namespace_setting) if permission.own_namespace else None
             allowed = kube.access_review(verb=permission.verb, group=permission.group, resource=permission.resource,
@@ -206,6 +224,22 @@ def _cluster_checks(kube: KubeClient, settings: Settings, permissions: list[Perm
             yield Check("permissions", False, detail=f"could not ask the cluster (SelfSubjectAccessReview): {exc}")
             return
         yield permission_check(permission, allowed, read=(permission.group, permission.resource) not in unread)
+
+
+def gatekeeper_check(kube: KubeClient, settings: Settings) -> Check | None:
+    """Whether Gatekeeper's constraints are served (None: not asked for, and not there: no line)."""
+    if settings.sources and Source.GATEKEEPER not in settings.sources:
+        return None
+    document = kube.discover(f"{CONSTRAINTS_GROUP}/{CONSTRAINTS_VERSION}")
+    name = f"CRDs {CONSTRAINTS_GROUP}"
+    if document is None:
+        if Source.GATEKEEPER not in settings.sources:
+            return None
+        return Check(name, False, detail=f"not served ({CONSTRAINTS_GROUP}/{CONSTRAINTS_VERSION}), but sources "
+                     "names gatekeeper: install OPA Gatekeeper, or drop gatekeeper from sources")
+    kinds = [kind.kind for kind in constraint_kinds(document)]
+    listed = ", ".join(kinds) if kinds else "no constraint kinds yet (no ConstraintTemplate)"
+    return Check(name, True, detail=f"served ({CONSTRAINTS_VERSION}): {listed}")
 
 
 def permission_check(permission: Permission, allowed: bool, *, read: bool = True) -> Check:

@@ -1,5 +1,10 @@
 """One read-only pass over the cluster: every failing result, and what to do about each.
 
+Violations come from the sources the ``sources`` setting names (default: every one whose CRDs the
+cluster serves): policy reports (Kyverno) and OPA Gatekeeper constraints, whose audit lists at most
+``--constraint-violations-limit`` entries. A constraint's list that is truncated resolves nothing: an
+entry missing from it may only have been cut (:attr:`Scan.unsure`).
+
 This is the detection half of a cycle, shared by ``policyflow scan`` (which only prints it) and the
 ``policy-watch`` flow (which acts on it). It reads; it never writes. It imports no Prefect, so
 ``policyflow scan`` starts in well under a second.
@@ -16,8 +21,9 @@ from typing import Any
 from policyflow.clients.kube import KubeClient
 from policyflow.domain.decisions import replan_after_route_change
 from policyflow.domain.errors import ForbiddenError, NotFoundError
+from policyflow.domain.gatekeeper import CONSTRAINTS_GROUP, CONSTRAINTS_VERSION, constraint_kinds, parse_constraint
 from policyflow.domain.ledger import Action, Planned, Record, plan_report, read_records
-from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Violation
+from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Source, Violation
 from policyflow.domain.reports import ViolationFilter, parse_report
 from policyflow.domain.routing import RoutedTest, RoutingTable
 from policyflow.domain.status import Status
@@ -56,6 +62,11 @@ class Scan:
     problems: list[str] = field(default_factory=list)
     skipped_kinds: list[str] = field(default_factory=list)
     reports: int = 0
+    #: Keys of records whose violation a truncated constraint list does not show: it may be gone, or
+    #: only cut from the list. Neither resolved nor known to fail: the journal keeps them open.
+    unsure: set[str] = field(default_factory=set)
+    #: Constraint kinds (policies) that could not be listed: nothing of theirs resolves this cycle.
+    unread_policies: set[str] = field(default_factory=set)
 
     @property
     def counters(self) -> dict[str, int]:
@@ -74,6 +85,22 @@ def _namespaces_to_list(flt: ViolationFilter) -> list[str | None]:
     if flt.namespaces and not any(_GLOB & set(ns) for ns in flt.namespaces):
         return list(flt.namespaces)
     return [None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """One report or constraint as read: the violations to plan and the records on it.
+
+    ``complete``: a record whose violation is missing is resolved (False for a truncated constraint
+    list). ``elsewhere``: keys of violations it shows outside the namespace filter (a constraint holds
+    every namespace's): not this cycle's to plan, and not gone either.
+    """
+
+    ref: ReportRef
+    violations: list[Violation]
+    records: dict[str, Record]
+    complete: bool = True
+    elsewhere: frozenset[str] = frozenset()
 
 
 def served_report_kinds(kube: KubeClient, scan: Scan) -> list[ReportKind]:
@@ -99,8 +126,49 @@ def scan_cluster(
     scan = Scan()
     live = read_live_owners(kube, settings.lease_namespace, now)
     flt = settings.violation_filter()
-    pending: list[tuple[ReportRef, list[Violation], dict[str, Record]]] = []
-    for kind in served_report_kinds(kube, scan):
+    pending: list[_Read] = []
+    if not settings.sources or Source.KYVERNO in settings.sources:
+        pending += _read_reports(kube, settings, flt, scan)
+    if not settings.sources or Source.GATEKEEPER in settings.sources:
+        pending += _read_constraints(kube, settings, flt, scan)
+    # Resource changes matter only for violations already handled; look up generations for their
+    # kinds only, with one metadata LIST per kind.
+    generations: dict[str, int] | None = None
+    if settings.track_resource_changes:
+        kinds = {
+            (v.resource.api_version, v.resource.kind)
+            for read in pending
+            for v in read.violations
+            if (r := read.records.get(v.key)) is not None and r.generation is not None and r.status not in
+            (Status.RESOLVED, Status.PENDING, Status.QUEUED, Status.RUNNING)
+        }
+        generations = {}
+        for api_version, resource_kind in sorted(kinds):
+            try:
+                generations.update(kube.resource_generations(api_version, resource_kind,
+                                                             page_size=settings.page_size))
+            except (ForbiddenError, NotFoundError) as exc:
+                scan.problems.append(f"cannot tell whether {resource_kind} objects changed: {exc}")
+    for read in pending:
+        plan = plan_report(read.violations, read.records, generations=generations, now=now,
+                           lease_seconds=settings.claim_lease, live_owners=live)
+        if read.complete:
+            scan.resolved.extend((read.ref, r) for r in plan.resolved if r.key not in read.elsewhere)
+        else:
+            shown = {planned.violation.key for planned in plan.planned} | read.elsewhere
+            scan.unsure.update(key for key in read.records if key not in shown)
+        scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
+    return scan
+
+
+def _read_reports(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan) -> list[_Read]:
+    """Every policy report (the Kyverno source) with something to plan."""
+    served = served_report_kinds(kube, scan)
+    if not served and Source.KYVERNO in settings.sources:
+        scan.problems.append("sources names kyverno, but the cluster serves no policy report CRD (wgpolicyk8s.io, "
+                             "openreports.io): install Kyverno's report CRDs, or drop kyverno from sources")
+    pending = []
+    for kind in served:
         namespaces = _namespaces_to_list(flt) if kind.namespaced else [None]
         if not kind.namespaced and not flt.cluster_reports:
             continue
@@ -117,31 +185,48 @@ def scan_cluster(
                 wanted = [v for v in parsed.violations if flt.wants(v)]
                 if not wanted and not records:
                     continue
-                pending.append((parsed.ref, wanted, records))
-    # Resource changes matter only for violations already handled; look up generations for their
-    # kinds only, with one metadata LIST per kind.
-    generations: dict[str, int] | None = None
-    if settings.track_resource_changes:
-        kinds = {
-            (v.resource.api_version, v.resource.kind)
-            for _, violations, records in pending
-            for v in violations
-            if (r := records.get(v.key)) is not None and r.generation is not None and r.status not in
-            (Status.RESOLVED, Status.PENDING, Status.QUEUED, Status.RUNNING)
-        }
-        generations = {}
-        for api_version, resource_kind in sorted(kinds):
-            try:
-                generations.update(kube.resource_generations(api_version, resource_kind,
-                                                             page_size=settings.page_size))
-            except (ForbiddenError, NotFoundError) as exc:
-                scan.problems.append(f"cannot tell whether {resource_kind} objects changed: {exc}")
-    for ref, violations, records in pending:
-        plan = plan_report(violations, records, generations=generations, now=now, lease_seconds=settings.claim_lease,
-                           live_owners=live)
-        scan.resolved.extend((ref, record) for record in plan.resolved)
-        scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
-    return scan
+                pending.append(_Read(parsed.ref, wanted, records))
+    return pending
+
+
+def _read_constraints(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan) -> list[_Read]:
+    """Every Gatekeeper constraint (the gatekeeper source) with something to plan.
+
+    Constraint kinds are discovered each cycle (a new ConstraintTemplate adds one). Constraints are
+    cluster-scoped and never selected by ``report_selector`` (a Kyverno label); the namespace filters
+    apply to each violation's resource instead. A kind policyflow may not list is skipped with a
+    problem, and its episodes stay open (:attr:`Scan.unread_policies`).
+    """
+    document = kube.discover(f"{CONSTRAINTS_GROUP}/{CONSTRAINTS_VERSION}")
+    if document is None:
+        if Source.GATEKEEPER in settings.sources:
+            scan.problems.append(f"sources names gatekeeper, but the cluster serves no {CONSTRAINTS_GROUP}/"
+                                 f"{CONSTRAINTS_VERSION}: install OPA Gatekeeper, or drop gatekeeper from sources")
+        return []
+    pending = []
+    for kind in constraint_kinds(document):
+        try:
+            items = list(kube.list_reports(kind, page_size=settings.page_size))
+        except ForbiddenError as exc:
+            scan.unread_policies.add(kind.kind)
+            scan.problems.append(f"{kind.kind} constraints not read: {exc}")
+            continue
+        for item in items:
+            parsed = parse_constraint(kind, item)
+            scan.reports += 1
+            scan.problems.extend(parsed.problems)
+            if parsed.truncated:
+                scan.problems.append(f"{kind.kind} {parsed.ref.name}: audit listed {parsed.listed} of "
+                                     f"{parsed.total_violations} violations; missing entries are not resolved")
+            records, problems = read_records(parsed.annotations)
+            scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
+            here = [v for v in parsed.violations if flt.wants_namespace(flt.namespace_of(v))]
+            wanted = [v for v in here if flt.wants(v)]
+            if not wanted and not records:
+                continue
+            elsewhere = frozenset(v.key for v in parsed.violations) - {v.key for v in here}
+            pending.append(_Read(parsed.ref, wanted, records, complete=parsed.complete, elsewhere=elsewhere))
+    return pending
 
 
 def _finding(kube: KubeClient, routing: RoutingTable, planned: Planned, scan: Scan) -> Finding:

@@ -22,7 +22,7 @@ from pydantic_settings import (
 )
 
 from policyflow.domain.errors import ConfigError, one_line
-from policyflow.domain.model import ResultKind
+from policyflow.domain.model import ResultKind, Source
 from policyflow.domain.reports import ViolationFilter
 from policyflow.domain.routing import Route, RoutingTable
 from policyflow.retry import RetryPolicy
@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     results: CommaList = Field(("fail",), description="Result kinds that are violations: fail, error, warn")
     severities: CommaList = Field((), description="Only these severities (critical, high, medium, low, info)")
     page_size: int = Field(500, ge=1, le=10000, description="Reports per LIST page")
+    sources: Annotated[tuple[Source, ...], NoDecode] = Field(
+        (), description="Where violations come from: kyverno (policy reports), gatekeeper (OPA Gatekeeper "
+        "constraints); empty: every source whose CRDs the cluster serves"
+    )
     track_resource_changes: bool = Field(
         True, description="A still-failing resource whose generation changed is a new violation"
     )
@@ -146,6 +150,19 @@ class Settings(BaseSettings):
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _known_sources(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            known = [s.value for s in Source]
+            for item in value:
+                if item not in known:
+                    raise ValueError(f"{str(item)[:60]!r} is not a source; use {' or '.join(known)}")
+            return tuple(dict.fromkeys(value))
         return value
 
     @field_validator("results")

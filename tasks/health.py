@@ -40,9 +40,10 @@ async def close_resolved(deps: Deps, scan: Scan) -> Closed:
     journal = await asyncio.to_thread(deps.journal.read)
     for problem in journal.problems:
         log.warning("%s", problem)
-    failing = {f.violation.key for f in scan.findings}
+    failing = {f.violation.key for f in scan.findings} | scan.unsure  # unsure: maybe only cut from a list
     flt = deps.settings.violation_filter()
-    in_scope = {key: flt.wants_namespace(lc.identity.namespace or None) for key, lc in journal.lifecycles.items()}
+    in_scope = {key: flt.wants_namespace(lc.identity.namespace or None) and lc.identity.policy not in
+                scan.unread_policies for key, lc in journal.lifecycles.items()}
     closing = to_resolve(journal, failing, in_scope=in_scope)
     now, stamp = deps.clock.now(), deps.clock.stamp()
     for lifecycle in closing:

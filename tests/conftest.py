@@ -15,7 +15,7 @@ import pytest
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
 from tests.helpers import Policyflow, answers, standin_env, stop_process, wait_until
-from tests.specs import REPORT_CRDS, ROOT, TESTKUBE_OPENAPI
+from tests.specs import BOTH_SOURCES_CRDS, REPORT_CRDS, ROOT, TESTKUBE_OPENAPI
 
 # Before anything imports Prefect: no telemetry from test servers.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -109,9 +109,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def kube() -> Iterator[KubeStandin]:
-    """The Kubernetes API stand-in, serving the report CRDs from shared/specs."""
-    with KubeStandin(REPORT_CRDS) as server:
+def kube(request: pytest.FixtureRequest) -> Iterator[KubeStandin]:
+    """The Kubernetes API stand-in, serving the report CRDs from shared/specs (and, for tests marked
+    ``gatekeeper``, a Gatekeeper constraint CRD)."""
+    crds = BOTH_SOURCES_CRDS if request.node.get_closest_marker("gatekeeper") else REPORT_CRDS
+    with KubeStandin(crds) as server:
         yield server
 
 

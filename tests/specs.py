@@ -20,6 +20,10 @@ REPORT_CRDS = [
 ]
 TESTWORKFLOW_EXECUTIONS_CRD = CRDS / "testworkflows.testkube.io_testworkflowexecutions.yaml"
 TESTKUBE_OPENAPI = SPECS / "testkube" / "openapi.yaml"
+#: Gatekeeper's K8sRequiredLabels constraint CRD, kept in the repository (tests/data/gatekeeper/SOURCES.md).
+GATEKEEPER_CRD = ROOT / "tests" / "data" / "gatekeeper" / "k8srequiredlabels-crd.yaml"
+#: The report CRDs and the Gatekeeper constraint CRD: a cluster with both sources.
+BOTH_SOURCES_CRDS = [*REPORT_CRDS, GATEKEEPER_CRD]
 KUBE_RECORDINGS = SPECS / "kube"  # a real kube-apiserver's answers, for the Kubernetes stand-in's tests
 
 

@@ -30,6 +30,7 @@ from policyflow.domain.decisions import (
     resumable,
     started_record,
     trigger_lag,
+    unlisted,
 )
 from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import (
@@ -41,6 +42,7 @@ from policyflow.domain.errors import (
     one_line,
 )
 from policyflow.domain.events import REASONS
+from policyflow.domain.gatekeeper import ParsedConstraint
 from policyflow.domain.ledger import (
     Action,
     Record,
@@ -52,7 +54,7 @@ from policyflow.domain.ledger import (
 )
 from policyflow.domain.model import ReportRef, Violation
 from policyflow.domain.ref import ViolationRef
-from policyflow.domain.reports import parse_report
+from policyflow.domain.reports import parse_source
 from policyflow.domain.routing import RoutedTest
 from policyflow.domain.status import FINISHED, IN_FLIGHT, Status
 from policyflow.domain.testrun import Execution, execution_request, execution_tags
@@ -71,9 +73,11 @@ async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
         report = await asyncio.to_thread(deps.records.read, ref.report)
     except NotFoundError:
         return Fetched(ref, None, None, None, "", gone_reason="the report was deleted")
-    parsed = parse_report(ref.report.kind, report)
+    parsed = parse_source(ref.report.kind, report)
     records, _ = read_records(parsed.annotations)
     matches = failures_named(parsed.violations, ref, deps.settings.violation_filter().results)
+    if not matches and isinstance(parsed, ParsedConstraint) and not parsed.complete:
+        return unlisted(ref, parsed, last_record(records, ref))
     if not matches:
         return Fetched(ref, None, None, last_record(records, ref), parsed.resource_version,
                        gone_reason="the report no longer shows this failure")

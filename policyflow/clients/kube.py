@@ -144,13 +144,21 @@ class KubeClient:
 
     # --- discovery ------------------------------------------------------------------------------
 
+    def discover(self, api_version: str) -> dict[str, Any] | None:
+        """The APIResourceList of an API group version as the server answers it now (never cached:
+        Gatekeeper adds a constraint kind whenever a template is created); None when it is not served."""
+        path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        try:
+            document: dict[str, Any] = self._request("GET", path)
+        except NotFoundError:
+            return None
+        return document
+
     def api_resources(self, api_version: str) -> dict[str, ApiResource] | None:
         """The resources an API group version serves, by kind; None when it is not installed."""
         if api_version not in self._discovery:
-            path = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
-            try:
-                document = self._request("GET", path)
-            except NotFoundError:
+            document = self.discover(api_version)
+            if document is None:
                 self._discovery[api_version] = None
             else:
                 self._discovery[api_version] = {

@@ -23,8 +23,9 @@ from policyflow.domain.errors import (
     is_violations_own,
     one_line,
 )
+from policyflow.domain.gatekeeper import ParsedConstraint
 from policyflow.domain.ledger import Action, Planned, Record
-from policyflow.domain.model import ResultKind, Violation
+from policyflow.domain.model import ResultKind, Source, Violation
 from policyflow.domain.outcome import ChainOutcome
 from policyflow.domain.ref import ViolationRef
 from policyflow.domain.routing import RoutedTest, RoutingTable
@@ -112,14 +113,31 @@ class TriggerFailed:
 
 def failures_named(violations: Iterable[Violation], ref: ViolationRef,
                    results: Iterable[ResultKind]) -> list[Violation]:
-    """The failing results of a report that ``ref`` names (one, unless it leaves the resource open)."""
+    """The failing results of a report that ``ref`` names (one, unless it leaves the resource open).
+
+    A constraint holds resources of every namespace and names none by uid, so for a Gatekeeper ``ref``
+    the resource's kind and namespace, when given, must match too."""
     wanted = frozenset(results)
+    by_path = ref.source is Source.GATEKEEPER
     return [
         v for v in violations
         if v.policy == ref.policy and v.rule == ref.rule and v.result in wanted
         and (ref.resource_uid is None or v.resource.uid == ref.resource_uid)
         and (ref.resource_name is None or v.resource.name == ref.resource_name)
+        and (not by_path or ref.resource_kind is None or v.resource.kind == ref.resource_kind)
+        and (not by_path or ref.resource_namespace is None or v.resource.namespace == ref.resource_namespace)
     ]
+
+
+def unlisted(ref: ViolationRef, constraint: ParsedConstraint, record: Record | None) -> Fetched:
+    """What fetch found when an incomplete constraint (its audit list truncated, unreadable, or not
+    written yet) does not list the failure: it may only have been cut from the list, so it is not
+    gone. A started test is still awaited and recorded; nothing else is written."""
+    keep = record if record is not None and record.status in IN_FLIGHT and record.execution else None
+    listed = (f"audit listed {constraint.listed} of {constraint.total_violations} violations"
+              if constraint.truncated else "its audit status is incomplete")
+    return Fetched(ref, None, None, keep, constraint.resource_version,
+                   gone_reason=f"{constraint.ref} does not list this failure, but {listed}: left as recorded")
 
 
 def last_record(records: Mapping[str, Record], ref: ViolationRef) -> Record | None:

@@ -26,13 +26,16 @@ MAX_MESSAGE = 1024
 def event_for(violation: Violation, record: Record, *, now: str, instance: str) -> dict[str, Any]:
     """A core/v1 Event on the failing resource for ``record``'s state.
 
-    Its name is derived from the violation key, episode and status, so a retried annotate step
+    Its name is derived from the violation key, report, episode and status, so a retried annotate step
     re-creates the same Event (409 AlreadyExists) instead of adding a second one.
     """
     resource = violation.resource
     # Events of cluster-scoped objects live in "default", as kubectl and the kubelet do it.
     namespace = resource.namespace or "default"
-    suffix = f".policyflow-{violation.key[:12]}-{record.episode}-{record.status.value}"
+    # The report's uid too: a violation fixed and back on a re-created report starts again at
+    # episode 1, and its Event must not be taken for the earlier one's (409: no Event at all).
+    report = (record.report_uid or "no-uid")[:8]
+    suffix = f".policyflow-{violation.key[:12]}-{report}-{record.episode}-{record.status.value}"
     stem = _NOT_DNS.sub("-", resource.name.lower()).strip(".-") or "resource"
     name = stem[: 253 - len(suffix)] + suffix
     execution = record.execution_name or record.execution or "-"

@@ -49,12 +49,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from policyflow.domain.model import ReportKind, ReportRef, ResourceRef, ResultKind, Violation
+from policyflow.domain.model import (
+    GATEKEEPER_GROUP,
+    ReportKind,
+    ReportRef,
+    ResourceRef,
+    ResultKind,
+    Source,
+    Violation,
+)
 
-CONSTRAINTS_GROUP = "constraints.gatekeeper.sh"
+CONSTRAINTS_GROUP = GATEKEEPER_GROUP
 CONSTRAINTS_VERSION = "v1beta1"
 CONSTRAINT_CATEGORY = "constraint"
-SOURCE = "gatekeeper"
+SOURCE = Source.GATEKEEPER.value
 SEVERITY_KEY = "policyflow.io/severity"
 """Annotation (or label) that gives a constraint's violations a severity; the ``severity`` label also works."""
 
@@ -110,11 +118,18 @@ class ParsedConstraint:
     total_violations: int | None = None
     audit_timestamp: str | None = None
     complete: bool = False
+    #: How many entries ``status.violations`` holds (before entries of one resource merge).
+    listed: int = 0
 
     @property
     def audited(self) -> bool:
         """Whether an audit has written this constraint's status yet."""
         return self.audit_timestamp is not None
+
+    @property
+    def truncated(self) -> bool:
+        """Whether audit found more violations than it listed (``--constraint-violations-limit``)."""
+        return self.total_violations is not None and self.total_violations > self.listed
 
 
 def _text(value: Any) -> str | None:
@@ -158,6 +173,7 @@ def parse_constraint(kind: ReportKind, constraint: Mapping[str, Any]) -> ParsedC
     if not isinstance(entries, list):
         parsed.problems.append(f"{ref}: status.violations is {type(entries).__name__}, not a list; skipped")
         return parsed
+    parsed.listed = len(entries)
     severity = annotations.get(SEVERITY_KEY) or labels.get(SEVERITY_KEY) or labels.get("severity")
     merged = _merge(ref, parsed.problems, entries)
     readable = merged.read == len(entries)

@@ -1,7 +1,8 @@
 """The domain vocabulary: report kinds, the resources they describe, and violations.
 
 Everything here is pure data: no client, no I/O. A :class:`Violation` is one failing result of one
-policy rule for one resource, normalised from either report group (wgpolicyk8s.io or openreports.io).
+policy rule for one resource, normalised from either report group (wgpolicyk8s.io or openreports.io)
+or from an OPA Gatekeeper constraint's audit status (:mod:`policyflow.domain.gatekeeper`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,23 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 
+class Source(StrEnum):
+    """Where violations come from: the ``sources`` setting's values."""
+
+    #: Policy reports: the wgpolicyk8s.io and openreports.io kinds (:data:`REPORT_KINDS`), as Kyverno writes them.
+    KYVERNO = "kyverno"
+    #: OPA Gatekeeper constraints (``constraints.gatekeeper.sh``), read for their audit status.
+    GATEKEEPER = "gatekeeper"
+
+
+#: The API group of every Gatekeeper constraint kind (one CRD per ConstraintTemplate).
+GATEKEEPER_GROUP = "constraints.gatekeeper.sh"
+
+
 @dataclass(frozen=True, slots=True)
 class ReportKind:
-    """A report custom resource that policyflow reads (one of :data:`REPORT_KINDS`)."""
+    """A custom resource that policyflow reads violations from and writes records on: one of
+    :data:`REPORT_KINDS`, or a Gatekeeper constraint kind (:func:`policyflow.domain.gatekeeper.constraint_kind`)."""
 
     group: str
     version: str
@@ -24,6 +39,11 @@ class ReportKind:
     @property
     def api_version(self) -> str:
         return f"{self.group}/{self.version}"
+
+    @property
+    def source(self) -> Source:
+        """Which source this kind belongs to."""
+        return Source.GATEKEEPER if self.group == GATEKEEPER_GROUP else Source.KYVERNO
 
 
 POLICY_REPORT = ReportKind("wgpolicyk8s.io", "v1alpha2", "PolicyReport", "policyreports", True)

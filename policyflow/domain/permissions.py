@@ -1,11 +1,14 @@
 """The Kubernetes permissions policyflow uses: what ``policyflow check`` asks the cluster about, and what
-the ClusterRoles in ``deployments/kubernetes`` grant (a test keeps the two equal)."""
+the ClusterRoles in ``deployments/kubernetes`` grant (a test keeps the two equal).
+
+Those on Gatekeeper constraints are optional: a Kyverno-only cluster needs none of them (``check``
+requires them only when ``sources`` names gatekeeper)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policyflow.domain.model import REPORT_KINDS
+from policyflow.domain.model import GATEKEEPER_GROUP, REPORT_KINDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,11 @@ def needed(resource_kinds: tuple[tuple[str, str], ...] = (("apps", "deployments"
                           ("patch", "record what was done")):
             permissions.append(Permission(verb, kind.group, kind.plural, True, why))
     permissions.append(Permission("create", "", "events", True, "tell kubectl describe"))
+    # Gatekeeper makes one constraint kind per ConstraintTemplate: only the group's wildcard covers
+    # kinds not created yet (Gatekeeper grants its own controllers the same way).
+    for verb, why in (("get", "re-read a constraint"), ("list", "find Gatekeeper violations"),
+                      ("patch", "record what was done on a constraint")):
+        permissions.append(Permission(verb, GATEKEEPER_GROUP, "*", False, why))
     for group, plural in resource_kinds:
         permissions.append(Permission("get", group, plural, False, "labels for routing"))
         permissions.append(Permission("list", group, plural, False, "notice changed resources"))

@@ -5,13 +5,25 @@ de-duplication and history, and as the source of its run name and tags.
 It names a failure as people and the Prefect UI do: a report, and a policy/rule in it, and (for a
 report with several failing resources) the resource. It is not the violation itself: the chain
 re-reads the report, so a reference can be typed by hand in the UI's Run form.
+
+A Gatekeeper violation (``source: gatekeeper``) names its constraint as the report: ``report_kind`` is
+the constraint kind (``K8sRequiredLabels``), ``report_name`` the constraint, and ``policy``/``rule``
+are that kind and name again. Audit names no resource uid, so the resource's kind, namespace and name
+are what choose among a constraint's resources (and what tell two runs of one constraint apart).
+Parameters without ``source`` are Kyverno's, as they always were.
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import re
 
-from policyflow.domain.model import ReportRef, Violation, report_kind_named
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from policyflow.domain.gatekeeper import constraint_kind
+from policyflow.domain.model import ReportKind, ReportRef, Source, Violation, report_kind_named
+
+#: What a constraint kind (a ConstraintTemplate's ``spec.crd.spec.names.kind``) can be called.
+_CONSTRAINT_KIND = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
 
 #: Identity of a violation run: (report kind, report namespace, report name, policy, rule, resource uid).
 Identity = tuple[str, str, str, str, str, str]
@@ -26,8 +38,11 @@ class ViolationRef(BaseModel):
     policy: str = Field(min_length=1, description="The policy of the failing result")
     rule: str = Field(min_length=1, description="The rule of the failing result")
     report_namespace: str | None = Field(default=None, description="The report's namespace (none for cluster reports)")
+    source: Source = Field(default=Source.KYVERNO,
+                           description="kyverno: a policy report; gatekeeper: an OPA Gatekeeper constraint")
     report_kind: str = Field(default="PolicyReport",
-                             description="PolicyReport, ClusterPolicyReport, Report or ClusterReport")
+                             description="PolicyReport, ClusterPolicyReport, Report or ClusterReport; for gatekeeper "
+                             "the constraint kind (K8sRequiredLabels)")
     resource_kind: str | None = Field(default=None, description="The failing resource's kind (names the run)")
     resource_name: str | None = Field(default=None, description="The failing resource's name (chooses among several)")
     resource_namespace: str | None = Field(default=None, description="The failing resource's namespace (names the run)")
@@ -35,7 +50,11 @@ class ViolationRef(BaseModel):
 
     @field_validator("report_kind")
     @classmethod
-    def _known_kind(cls, value: str) -> str:
+    def _known_kind(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("source") is Source.GATEKEEPER:
+            if not _CONSTRAINT_KIND.fullmatch(value):
+                raise ValueError(f"{value[:80]!r} is not a constraint kind (a template's kind, e.g. K8sRequiredLabels)")
+            return value
         return report_kind_named(value).kind
 
     @classmethod
@@ -44,6 +63,7 @@ class ViolationRef(BaseModel):
         return cls(
             report_name=violation.report.name,
             report_namespace=violation.report.namespace,
+            source=violation.report.kind.source,
             report_kind=violation.report.kind.kind,
             policy=violation.policy,
             rule=violation.rule,
@@ -55,17 +75,21 @@ class ViolationRef(BaseModel):
 
     @property
     def report(self) -> ReportRef:
-        """Where the report lives (a cluster report has no namespace, whatever was typed)."""
-        kind = report_kind_named(self.report_kind)
+        """Where the report lives (a cluster report, or a constraint, has no namespace, whatever was typed)."""
+        kind: ReportKind = (constraint_kind(self.report_kind) if self.source is Source.GATEKEEPER
+                            else report_kind_named(self.report_kind))
         return ReportRef(kind=kind, name=self.report_name,
                          namespace=self.report_namespace if kind.namespaced else None)
 
     @property
     def identity(self) -> Identity:
         """What makes two runs the same violation's: a run waiting with it is not submitted again,
-        and history joins runs with records by it."""
-        return (self.report_kind, self.report_namespace or "", self.report_name, self.policy, self.rule,
-                self.resource_uid or "")
+        and history joins runs with records by it. A Gatekeeper resource has no uid: its kind,
+        namespace and name stand in."""
+        resource = self.resource_uid or ""
+        if self.source is Source.GATEKEEPER and not resource:
+            resource = f"{self.resource_kind or ''}/{self.resource_namespace or ''}/{self.resource_name or ''}"
+        return (self.report_kind, self.report_namespace or "", self.report_name, self.policy, self.rule, resource)
 
     @property
     def title(self) -> str:

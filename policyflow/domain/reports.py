@@ -13,7 +13,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policyflow.domain.model import ReportKind, ReportRef, ResourceRef, ResultKind, Violation
+from policyflow.domain.gatekeeper import ParsedConstraint, parse_constraint
+from policyflow.domain.model import ReportKind, ReportRef, ResourceRef, ResultKind, Source, Violation
 
 _RESULT_KINDS = {k.value: k for k in ResultKind}
 _NON_VIOLATIONS = {"pass", "skip"}
@@ -176,12 +177,29 @@ class ViolationFilter:
             return False
         return not _matches_any(namespace, self.exclude_namespaces)
 
+    @staticmethod
+    def namespace_of(violation: Violation) -> str | None:
+        """Where a violation is, for the namespace filters: its report's namespace, or for a Gatekeeper
+        constraint (cluster-scoped, holding resources of every namespace) its resource's (None: a
+        cluster-scoped resource, read with ``cluster_reports``)."""
+        if violation.report.kind.source is Source.GATEKEEPER:
+            return violation.resource.namespace
+        return violation.report.namespace
+
     def wants(self, violation: Violation) -> bool:
         """Whether ``violation`` passes every filter."""
         if violation.result not in self.results:
             return False
-        if not self.wants_namespace(violation.report.namespace):
+        if not self.wants_namespace(self.namespace_of(violation)):
             return False
         if self.policies and not _matches_any(violation.policy, self.policies):
             return False
         return not self.severities or (violation.severity or "") in self.severities
+
+
+def parse_source(kind: ReportKind, obj: Mapping[str, Any]) -> ParsedReport | ParsedConstraint:
+    """A policy report, or a Gatekeeper constraint, as ``kind`` says: its violations, records and
+    resourceVersion read the same way."""
+    if kind.source is Source.GATEKEEPER:
+        return parse_constraint(kind, obj)
+    return parse_report(kind, obj)

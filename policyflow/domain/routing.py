@@ -38,6 +38,7 @@ TEMPLATE_FIELDS: dict[str, Callable[[Violation], str]] = {
     "resource.namespace": lambda v: v.resource.namespace or "",
     "resource.uid": lambda v: v.resource.uid or "",
     "resource.apiVersion": lambda v: v.resource.api_version,
+    "source": lambda v: v.report.kind.source.value,
     "report.kind": lambda v: v.report.kind.kind,
     "report.name": lambda v: v.report.name,
     "report.namespace": lambda v: v.report.namespace or "",
@@ -82,6 +83,8 @@ class Match(BaseModel):
     namespaces: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     severities: tuple[str, ...] = ()
+    #: Where the violation comes from: ``kyverno`` (a policy report) or ``gatekeeper`` (a constraint).
+    sources: tuple[str, ...] = ()
     #: Labels of the failing resource (all must be present with these values; ``*`` globs allowed).
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -97,6 +100,7 @@ class Match(BaseModel):
             (self.namespaces, violation.resource.namespace or ""),
             (self.kinds, violation.resource.kind),
             (self.severities, violation.severity or ""),
+            (self.sources, violation.report.kind.source.value),
         )
         for patterns, value in checks:
             if patterns and not any(fnmatch.fnmatchcase(value, p) for p in patterns):

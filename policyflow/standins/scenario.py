@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 SERVER_SET = ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields")
@@ -16,17 +17,19 @@ def without_server_metadata(obj: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
-def deployment(name: str, namespace: str = "default", *, cpu: str = "100m") -> dict[str, Any]:
-    """A Deployment like the seed's: one nginx container requesting ``cpu`` (100m fails require-resources)."""
-    labels = {"app": name}
+def deployment(name: str, namespace: str = "default", *, cpu: str = "100m",
+               labels: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A Deployment like the seed's: one nginx container requesting ``cpu`` (100m fails require-resources).
+    ``labels`` are the Deployment's own, besides ``app`` (which its pods and selector carry)."""
+    selector = {"app": name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "metadata": {"name": name, "namespace": namespace, "labels": {**selector, **(labels or {})}},
         "spec": {
-            "selector": {"matchLabels": labels},
+            "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": dict(selector)},
                 "spec": {"containers": [{"name": "web", "image": "nginx",
                                          "resources": {"requests": {"cpu": cpu, "memory": "64Mi"}}}]},
             },
@@ -54,3 +57,50 @@ def report_for(template: dict[str, Any], resource: dict[str, Any]) -> dict[str, 
         {"apiVersion": resource["apiVersion"], "kind": resource["kind"], "name": name, "uid": uid}
     ]
     return report
+
+
+CONSTRAINTS_API = "constraints.gatekeeper.sh/v1beta1"
+#: Gatekeeper audit's ``--constraint-violations-limit`` default: entries listed per constraint.
+AUDIT_LIMIT = 20
+
+
+def required_labels(name: str, labels: Iterable[str], *, kinds: Iterable[tuple[str, str]] = (("apps", "Deployment"),),
+                    namespaces: Iterable[str] = (), action: str = "deny") -> dict[str, Any]:
+    """A K8sRequiredLabels constraint (gatekeeper-library's requiredlabels template) as a user applies
+    it: objects of ``kinds`` ((group, kind) pairs) in ``namespaces`` (all when empty) need ``labels``."""
+    by_group: dict[str, list[str]] = {}
+    for group, kind in kinds:
+        by_group.setdefault(group, []).append(kind)
+    match: dict[str, Any] = {"kinds": [{"apiGroups": [g], "kinds": k} for g, k in by_group.items()]}
+    if namespaces:
+        match["namespaces"] = list(namespaces)
+    return {
+        "apiVersion": CONSTRAINTS_API,
+        "kind": "K8sRequiredLabels",
+        "metadata": {"name": name},
+        "spec": {"enforcementAction": action, "match": match,
+                 "parameters": {"labels": [{"key": key} for key in labels]}},
+    }
+
+
+def audit_status(found: Iterable[tuple[Mapping[str, Any], str]], *, timestamp: str, action: str = "deny",
+                 limit: int = AUDIT_LIMIT) -> dict[str, Any]:
+    """The ``status`` Gatekeeper's audit writes for the violations it ``found`` ((resource as created,
+    message) pairs), as gatekeeper ``pkg/audit/manager.go`` writes it: ``totalViolations`` counts all of
+    them; ``violations`` keeps the ``limit`` smallest by (group, version, kind, namespace, name, message,
+    action), written largest first, and is left out when there are none."""
+    entries = []
+    for resource, message in found:
+        group, _, version = str(resource["apiVersion"]).rpartition("/")
+        meta = resource["metadata"]
+        entry = {"enforcementAction": action, "group": group, "kind": resource["kind"], "message": message,
+                 "name": meta["name"], "version": version}
+        if meta.get("namespace"):
+            entry["namespace"] = meta["namespace"]
+        entries.append(entry)
+    order = ("group", "version", "kind", "namespace", "name", "message", "enforcementAction")
+    kept = sorted(entries, key=lambda e: tuple(e.get(f, "") for f in order))[:limit]
+    status: dict[str, Any] = {"auditTimestamp": timestamp, "totalViolations": len(entries)}
+    if kept:
+        status["violations"] = kept[::-1]
+    return status

@@ -180,7 +180,7 @@ def test_the_demo_ui_shows_the_violation_run_its_task_runs_and_its_artifact(
         page.goto(f"{demo}/runs", wait_until="networkidle")
         run_link = page.get_by_role("link", name=TITLE, exact=True)
         expect(run_link).to_be_visible()
-        page.get_by_role("searchbox", name="Search by flow run name").fill("nginx-no-cpu")
+        page.get_by_role("searchbox", name="Search by flow run name").fill("deployment default/Deployment/nginx-no-cpu")
         expect(page.get_by_role("link", name=TITLE, exact=True)).to_have_count(1)
         expect(page.get_by_text(re.compile(r"^1 runs?$"))).to_be_visible()
         shots.take("01-runs-violation-run")

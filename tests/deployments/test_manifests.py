@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from policyflow import settings as settings_module
-from policyflow.domain.model import POLICY_REPORT
+from policyflow.domain.model import GATEKEEPER_GROUP, POLICY_REPORT
 from policyflow.domain.permissions import needed
 from policyflow.domain.reports import parse_report
 from tests.specs import CRDS, EXAMPLES, ROOT, example
@@ -109,14 +109,16 @@ def only(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
 
 
 def granted(role: Obj) -> set[Perm]:
-    """(verb, group, resource) for every rule of a ClusterRole; anything but plain grants fails."""
+    """(verb, group, resource) for every rule of a ClusterRole; anything but plain grants fails. The one
+    wildcard allowed is the resources of Gatekeeper's constraints group (one kind per template)."""
     grants: set[Perm] = set()
     for rule in role["rules"]:
         assert not rule.keys() - {"apiGroups", "resources", "verbs"}, f"unexpected rule fields: {rule}"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
-                    assert "*" not in (group, resource, verb), f"wildcard in {role['metadata']['name']}: {rule}"
+                    assert "*" not in (group, verb), f"wildcard in {role['metadata']['name']}: {rule}"
+                    assert resource != "*" or group == GATEKEEPER_GROUP, f"wildcard in {role['metadata']['name']}"
                     grants.add((verb, group, resource))
     return grants
 
@@ -198,6 +200,8 @@ def test_kustomization_renders_offline_with_kubectl() -> None:
         ("ClusterRole", "policyflow-resource-reader"),
         ("ClusterRoleBinding", "policyflow"),
         ("ClusterRoleBinding", "policyflow-resource-reader"),
+        ("ClusterRole", "policyflow-gatekeeper"),
+        ("ClusterRoleBinding", "policyflow-gatekeeper"),
         ("Role", "policyflow-leases"),
         ("RoleBinding", "policyflow-leases"),
         ("Role", "policyflow-journal"),
@@ -254,8 +258,11 @@ def test_all_namespaced_objects_live_in_the_policyflow_namespace(rendered: list[
 def test_roles_grant_exactly_what_policyflow_needs(rendered: list[Obj]) -> None:
     required = {(p.verb, p.group, p.resource) for p in needed() if p.required and not p.own_namespace}
     optional = {(p.verb, p.group, p.resource) for p in needed() if not p.required and not p.own_namespace}
+    constraints = {perm for perm in optional if perm[1] == GATEKEEPER_GROUP}
+    assert constraints == {(verb, GATEKEEPER_GROUP, "*") for verb in ("get", "list", "patch")}
     assert granted(only(rendered, "ClusterRole", "policyflow")) == required
-    assert granted(only(rendered, "ClusterRole", "policyflow-resource-reader")) == optional
+    assert granted(only(rendered, "ClusterRole", "policyflow-resource-reader")) == optional - constraints
+    assert granted(only(rendered, "ClusterRole", "policyflow-gatekeeper")) == constraints
     for role, setting in (("policyflow-leases", "lease_namespace"), ("policyflow-journal", "journal_namespace")):
         own = {(p.verb, p.group, p.resource) for p in needed() if p.own_namespace and p.namespace_setting == setting}
         assert granted(only(rendered, "Role", role)) == own
@@ -264,7 +271,7 @@ def test_roles_grant_exactly_what_policyflow_needs(rendered: list[Obj]) -> None:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "policyflow", "namespace": "policyflow"}]
 
 
-def test_both_roles_are_bound_to_the_service_account(rendered: list[Obj]) -> None:
+def test_every_cluster_role_is_bound_to_the_service_account(rendered: list[Obj]) -> None:
     account = only(rendered, "ServiceAccount")
     subject = {"kind": "ServiceAccount", "name": account["metadata"]["name"],
                "namespace": account["metadata"]["namespace"]}
@@ -274,7 +281,7 @@ def test_both_roles_are_bound_to_the_service_account(rendered: list[Obj]) -> Non
         assert binding["subjects"] == [subject]
         assert binding["roleRef"]["kind"] == "ClusterRole"
         bound.add(binding["roleRef"]["name"])
-    assert bound == roles == {"policyflow", "policyflow-resource-reader"}
+    assert bound == roles == {"policyflow", "policyflow-resource-reader", "policyflow-gatekeeper"}
 
 
 def test_the_deployment_runs_serve_as_the_service_account(rendered: list[Obj]) -> None:

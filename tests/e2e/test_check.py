@@ -19,7 +19,7 @@ from policyflow.preflight import FAILED, OK, OPTIONAL, PREFECT_NOT_SET, run_chec
 from policyflow.settings import load
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.specs import CRDS
+from tests.specs import BOTH_SOURCES_CRDS, CRDS
 
 pytestmark = pytest.mark.e2e
 
@@ -229,3 +229,35 @@ def test_prefect_api(monkeypatch: pytest.MonkeyPatch) -> None:
     assert code == 1
     (line,) = marked(lines, FAILED)
     assert line.startswith(f"{FAILED} Prefect API:") and "unreachable" in line and "PREFECT_API_URL" in line
+
+
+def test_gatekeeper_served_is_checked_and_its_rbac_is_optional(env: dict[str, str], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    with KubeStandin(BOTH_SOURCES_CRDS) as both:
+        monkeypatch.setenv("POLICYFLOW_KUBECONFIG", str(both.write_kubeconfig(tmp_path / "kc")))
+        code, lines = check()
+        assert code == 0, lines
+        assert OK + " CRDs constraints.gatekeeper.sh: served (v1beta1): K8sRequiredLabels" in lines
+        assert OK + " RBAC patch * (constraints.gatekeeper.sh): allowed" in lines
+        both.deny(verb="list", group="constraints.gatekeeper.sh", resource="*")
+        code, lines = check()
+        assert code == 0, lines
+        assert "optional" in line_about(lines, "RBAC list * (constraints.gatekeeper.sh)")
+        monkeypatch.setenv("POLICYFLOW_SOURCES", "kyverno,gatekeeper")
+        code, lines = check()
+    assert code == 1
+    (line,) = marked(lines, FAILED)
+    assert "RBAC list * (constraints.gatekeeper.sh)" in line and "rbac.yaml" in line
+
+
+@pytest.mark.usefixtures("env")
+def test_kyverno_only_clusters_get_no_gatekeeper_lines_unless_it_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    code, lines = check()
+    assert code == 0 and not [line for line in lines if "gatekeeper" in line], lines
+    monkeypatch.setenv("POLICYFLOW_SOURCES", "gatekeeper")
+    code, lines = check()
+    assert code == 1
+    (line,) = marked(lines, FAILED)
+    assert line == (f"{FAILED} CRDs constraints.gatekeeper.sh: not served (constraints.gatekeeper.sh/v1beta1), but "
+                    "sources names gatekeeper: install OPA Gatekeeper, or drop gatekeeper from sources")
+    assert not [line for line in lines if "wgpolicyk8s.io" in line and line.startswith(FAILED)]
