@@ -63,9 +63,10 @@ def _sample(url: str, name: str, **labels: str) -> bool:
                for family in text_string_to_metric_families(body) for s in family.samples)
 
 
-def _violation(kube: KubeStandin, name: str, resource: dict[str, Any] | None = None) -> dict[str, Any]:
+def _violation(kube: KubeStandin, name: str, resource: dict[str, Any] | None = None,
+               namespace: str = "default") -> dict[str, Any]:
     """A failing report for Deployment ``name`` (created unless given): Kyverno's, as it writes it."""
-    resource = resource if resource is not None else kube.create(deployment(name))
+    resource = resource if resource is not None else kube.create(deployment(name, namespace))
     return kube.create(report_for(example("policyreport-fail.yaml"), resource))
 
 
@@ -73,12 +74,16 @@ def _violation(kube: KubeStandin, name: str, resource: dict[str, Any] | None = N
 def target(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A ``policyflow serve`` that handled three violations: one whose test passed, that was fixed
     (Kyverno deleted its report) and came back with a failing test (resolved, reopened, a flip); one
-    whose test failed; one whose trigger failed (Testkube refused to start it): its /metrics address."""
+    whose test failed; one whose trigger failed (its route names a workflow Testkube does not have):
+    its /metrics address. Three polls."""
     tmp = tmp_path_factory.mktemp("served")
     (tmp / "metrics").mkdir()
     with KubeStandin(REPORT_CRDS) as kube, \
             TestkubeStandin(openapi_spec=TESTKUBE_OPENAPI, workflows=["smoke-nova"]) as testkube:
-        env = standin_env(kube.write_kubeconfig(tmp / "kubeconfig"), testkube.url)
+        routes = tmp / "routes.yaml"
+        routes.write_text("routes:\n  - match: {namespaces: [gone]}\n    workflow: smoke-gone\n")
+        env = {**standin_env(kube.write_kubeconfig(tmp / "kubeconfig"), testkube.url),
+               "POLICYFLOW_CONFIG": str(routes)}
         port = _free_port()
         log = tmp / "serve.log"
         process = serve(env, log, interval=3600, metrics_port=port, PROMETHEUS_MULTIPROC_DIR=str(tmp / "metrics"))
@@ -97,14 +102,13 @@ def target(prefect_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             assert resource is not None
             _violation(kube, "observed-passes", resource)
             _violation(kube, "observed-test-fails")
+            kube.ensure_namespace("gone")
+            _violation(kube, "observed-trigger-fails", namespace="gone")
             poll_now()
             wait_until("a reopened violation on /metrics", lambda: _sample(
                 metrics, "policyflow_violations_reopened_total", **CHOSEN), timeout=180, every=0.5)
             wait_until("a failed outcome on /metrics", lambda: _sample(
                 metrics, "policyflow_outcomes_total", status="failed", **CHOSEN), timeout=180, every=0.5)
-            testkube.inject(method="POST", path=r"/test-workflows/[^/]+/executions$", status=404, times=1000)
-            _violation(kube, "observed-trigger-fails")
-            poll_now()
             wait_until("a failed trigger on /metrics", lambda: _sample(
                 metrics, "policyflow_triggers_failed_total"), timeout=180, every=0.5)
             yield f"127.0.0.1:{port}"
