@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ from policyflow.domain.status import Outcome
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
 from tests.helpers import Policyflow, deploy, load_report
+from tests.specs import ROOT
 
 
 class HandClock(Clock):
@@ -113,3 +117,13 @@ def test_a_bad_window_is_one_line_naming_the_fix(policyflow: Policyflow, since: 
     _, err = policyflow.take()
     assert "is not a duration: write a positive number and a unit (s, m, h, d, w), e.g. 30d" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["health", "scan"])
+def test_health_and_scan_never_import_prefect(env: dict[str, str], command: str) -> None:
+    # `import prefect` alone costs seconds: the read-only commands must not pay it.
+    code = ("import sys; from policyflow.cli import main; code = main([sys.argv[1]]); "
+            "print(code, 'prefect' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code, command], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, **env}, cwd=ROOT)
+    assert result.stdout.strip().splitlines()[-1] == "0 False", result.stdout + result.stderr
