@@ -90,7 +90,7 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
     summary.counters["journal_resolved"] = len(closed.resolved)
     summary.close()
     await observe.cycle_artifact(summary.outcomes, summary.counters)
-    await publish_health(deps, changed=bool(chains or closed.resolved or scan.resolved),
+    await publish_health(deps, closed, changed=bool(chains or closed.resolved or scan.resolved),
                          cycle_started=cycle_started)
     metrics.mark_poll_succeeded()
     log.info("cycle: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.counters.items())))

@@ -27,9 +27,11 @@ ARTIFACT_KEY = "policy-health"
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """What the journal said before this cycle, and the lifecycles this cycle marked resolved."""
+    """What the journal said before this cycle (decoded, and its shards as read), and the lifecycles
+    this cycle marked resolved."""
 
     before: Journal
+    shards: dict[str, dict[str, str]] | None
     resolved: list[Lifecycle]
 
 
@@ -37,7 +39,12 @@ async def close_resolved(deps: Deps, scan: Scan) -> Closed:
     """Mark resolved, in the journal, every open episode whose violation this cycle no longer saw
     failing (its result went away, or Kyverno deleted the whole report). Only where the cycle looked:
     a namespace outside the filter is not resolved by not being read."""
-    journal = await asyncio.to_thread(deps.journal.read)
+    try:
+        shards: dict[str, dict[str, str]] | None = await asyncio.to_thread(deps.journal.read_shards)
+    except PolicyflowError as exc:
+        log.warning("the lifecycle journal cannot be read (%s): nothing resolved in it this cycle", exc)
+        return Closed(Journal(), None, [])
+    journal = decode(shards.values() if shards else ())
     for problem in journal.problems:
         log.warning("%s", problem)
     failing = {f.violation.key for f in scan.findings} | scan.unsure  # unsure: maybe only cut from a list
@@ -54,18 +61,21 @@ async def close_resolved(deps: Deps, scan: Scan) -> Closed:
             metrics.observe_resolved(scope_of(lifecycle), max((now - latest.opened).total_seconds(), 0.0))
         log.info("%s/%s %s: resolved (episode %d)", lifecycle.identity.policy, lifecycle.identity.rule,
                  lifecycle.identity.resource, len(lifecycle.episodes))
-    return Closed(journal, closing)
+    return Closed(journal, shards, closing)
 
 
-async def publish_health(deps: Deps, *, changed: bool, cycle_started: datetime) -> Journal:
-    """Read the journal as this cycle left it; prune it; when the cycle changed anything, write the
-    ``policy-health`` artifact (keyed: the Artifacts page keeps every version, a trend over runs)."""
-    try:
-        shards = await asyncio.to_thread(deps.journal.read_shards)
-    except PolicyflowError as exc:
-        log.warning("no health figures this cycle: the lifecycle journal cannot be read (%s)", exc)
-        return Journal()
-    journal = decode(shards.values())
+async def publish_health(deps: Deps, closed: Closed, *, changed: bool, cycle_started: datetime) -> Journal:
+    """The journal as this cycle left it (read again only when the cycle wrote to it); prune it; set
+    the gauges; when the cycle changed anything, write the ``policy-health`` artifact (keyed: the
+    Artifacts page keeps every version, a trend over runs)."""
+    shards = closed.shards
+    if changed or shards is None:
+        try:
+            shards = await asyncio.to_thread(deps.journal.read_shards)
+        except PolicyflowError as exc:
+            log.warning("no health figures this cycle: the lifecycle journal cannot be read (%s)", exc)
+            return Journal()
+    journal = decode(shards.values()) if changed or closed.shards is None else closed.before
     now = deps.clock.now()
     await asyncio.to_thread(deps.journal.prune, shards, now=now,
                             retention=timedelta(days=deps.settings.journal_retention_days))
