@@ -41,6 +41,7 @@ TEMPLATE_FIELDS: dict[str, Callable[[Violation], str]] = {
     "report.kind": lambda v: v.report.kind.kind,
     "report.name": lambda v: v.report.name,
     "report.namespace": lambda v: v.report.namespace or "",
+    "cluster": lambda v: v.cluster,
 }
 
 
@@ -82,6 +83,8 @@ class Match(BaseModel):
     namespaces: tuple[str, ...] = ()
     kinds: tuple[str, ...] = ()
     severities: tuple[str, ...] = ()
+    #: Configured cluster names (globs): ``[prod-*]``.
+    clusters: tuple[str, ...] = ()
     #: Labels of the failing resource (all must be present with these values; ``*`` globs allowed).
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -97,6 +100,7 @@ class Match(BaseModel):
             (self.namespaces, violation.resource.namespace or ""),
             (self.kinds, violation.resource.kind),
             (self.severities, violation.severity or ""),
+            (self.clusters, violation.cluster),
         )
         for patterns, value in checks:
             if patterns and not any(fnmatch.fnmatchcase(value, p) for p in patterns):
