@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.multiprocess import MultiProcessCollector
 
 VIOLATIONS_DETECTED = Counter(
@@ -32,6 +32,11 @@ POLL_DURATION = Histogram(
     "policyflow_poll_duration_seconds",
     "Duration of one detection cycle (listing and diffing every report)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+CLUSTER_UP = Gauge(
+    "policyflow_cluster_up", "1 when the cluster's last detection cycle could read it, 0 when it was down",
+    ["cluster"], multiprocess_mode="mostrecent",
 )
 
 

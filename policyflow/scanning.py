@@ -17,7 +17,7 @@ from policyflow.clients.kube import KubeClient
 from policyflow.domain.decisions import replan_after_route_change
 from policyflow.domain.errors import ForbiddenError, NotFoundError
 from policyflow.domain.ledger import Action, Planned, Record, plan_report, read_records
-from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Violation
+from policyflow.domain.model import DEFAULT_CLUSTER, REPORT_KINDS, ReportKind, ReportRef, Violation
 from policyflow.domain.reports import ViolationFilter, parse_report
 from policyflow.domain.routing import RoutedTest, RoutingTable
 from policyflow.domain.status import Status
@@ -93,9 +93,11 @@ def scan_cluster(
     routing: RoutingTable,
     *,
     now: datetime,
+    cluster: str = DEFAULT_CLUSTER,
 ) -> Scan:
-    """Read every report, diff it against the records on it, route what needs a chain. Which
-    in-flight records belong to live processes is read once, from their Leases."""
+    """Read every report of ``cluster`` (which ``kube`` reaches), diff it against the records on it,
+    route what needs a chain. Which in-flight records belong to live processes is read once, from
+    their Leases."""
     scan = Scan()
     live = read_live_owners(kube, settings.lease_namespace, now)
     flt = settings.violation_filter()
@@ -114,7 +116,7 @@ def scan_cluster(
                 scan.problems.extend(parsed.problems)
                 records, problems = read_records(parsed.annotations)
                 scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-                wanted = [v for v in parsed.violations if flt.wants(v)]
+                wanted = [v.in_cluster(cluster) for v in parsed.violations if flt.wants(v)]
                 if not wanted and not records:
                     continue
                 pending.append((parsed.ref, wanted, records))
@@ -186,6 +188,7 @@ def scan_report(
     *,
     now: datetime,
     live_owners: frozenset[str] | None,
+    cluster: str = DEFAULT_CLUSTER,
 ) -> Scan:
     """What to do about one report as a watch event shows it (no resource-change lookup: the periodic
     full cycle does that)."""
@@ -197,7 +200,7 @@ def scan_report(
     scan.problems.extend(parsed.problems)
     records, problems = read_records(parsed.annotations)
     scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-    wanted = [v for v in parsed.violations if flt.wants(v)]
+    wanted = [v.in_cluster(cluster) for v in parsed.violations if flt.wants(v)]
     plan = plan_report(wanted, records, generations=None, now=now, lease_seconds=settings.claim_lease,
                        live_owners=live_owners)
     scan.resolved.extend((parsed.ref, record) for record in plan.resolved)

@@ -165,6 +165,11 @@ class Settings(BaseSettings):
         50, ge=0, le=1_000_000,
         description="A cycle with more new chains than this runs them in handle-violations batches (0: always)",
     )
+    cluster_timeout: float = Field(
+        300.0, gt=0,
+        description="Seconds one cluster's detection may take (retries included) before the cycle reports it "
+        "down and goes on with the others",
+    )
     batch_size: int = Field(250, ge=1, le=1000, description="Violations per handle-violations run in a storm")
     chain_dispatch: Literal["inline", "submit"] = Field(
         "inline",

@@ -35,13 +35,14 @@ class Closed:
 async def close_resolved(deps: Deps, scan: Scan) -> Closed:
     """Mark resolved, in the journal, every open episode whose violation this cycle no longer saw
     failing (its result went away, or Kyverno deleted the whole report). Only where the cycle looked:
-    a namespace outside the filter is not resolved by not being read."""
+    a namespace outside the filter, or another cluster's violation, is not resolved by not being read."""
     journal = await asyncio.to_thread(deps.journal.read)
     for problem in journal.problems:
         log.warning("%s", problem)
     failing = {f.violation.key for f in scan.findings}
     flt = deps.settings.violation_filter()
-    in_scope = {key: flt.wants_namespace(lc.identity.namespace or None) for key, lc in journal.lifecycles.items()}
+    in_scope = {key: lc.identity.cluster == deps.cluster and flt.wants_namespace(lc.identity.namespace or None)
+                for key, lc in journal.lifecycles.items()}
     closing = to_resolve(journal, failing, in_scope=in_scope)
     now = deps.clock.stamp()
     for lifecycle in closing:

@@ -80,3 +80,21 @@ def test_journal_identities_of_before_decode_as_the_default_cluster() -> None:
     assert Identity.from_json(old).to_json() == old
     prod = Identity("p", "r", "a", "Pod/x", "w", "prod")
     assert Identity.from_json(prod.to_json()) == prod
+
+
+def test_drift_is_a_failure_in_some_clusters_and_not_the_others_both_ways() -> None:
+    from dataclasses import replace
+
+    from policyflow.domain.drift import drift
+
+    v = violation()
+    other = replace(v, resource=replace(v.resource, name="other", uid="u2"))
+    rows = drift({"prod": [v.in_cluster("prod"), other.in_cluster("prod")],
+                  "staging": [replace(v, resource=replace(v.resource, uid="staging-uid")).in_cluster("staging")],
+                  "dev": [other.in_cluster("dev")]})
+    assert [(d.name, d.failing, d.not_failing) for d in rows] == [
+        ("nginx-no-cpu", ("prod", "staging"), ("dev",)),
+        ("other", ("prod", "dev"), ("staging",)),
+    ]
+    assert rows[0].as_dict()["not_failing"] == ["dev"]
+    assert drift({"prod": [v], "staging": [v]}) == []
