@@ -117,13 +117,18 @@ async def run_chains(requests: list[ChainRequest], deps: Deps, *, chain_deployme
 
 
 def batches(requests: list[ChainRequest], size: int) -> list[list[ChainRequest]]:
-    """One rule's storm stays together (the run is named after it); batches of ``size``."""
-    ordered = sorted(requests, key=lambda r: (r.ref.policy, r.ref.rule, r.ref.title))
-    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    """One rule's storm stays together (the run is named after it); batches of ``size``, each of one
+    cluster (its run uses that cluster's clients)."""
+    chunks: list[list[ChainRequest]] = []
+    for cluster in sorted({r.ref.cluster for r in requests}):
+        ordered = sorted((r for r in requests if r.ref.cluster == cluster),
+                         key=lambda r: (r.ref.policy, r.ref.rule, r.ref.title))
+        chunks += [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    return chunks
 
 
 def _batch_tags(batch: list[ChainRequest]) -> list[str]:
-    return [*sorted({t for r in batch for t in r.tags if t.startswith("policy:")}), "storm"]
+    return [*sorted({t for r in batch for t in r.tags if t.startswith(("policy:", "cluster:"))}), "storm"]
 
 
 def _batch_parameters(batch: list[ChainRequest]) -> dict[str, Any]:

@@ -51,6 +51,6 @@ async def handle_violation(violation: ViolationRef, force_new_episode: bool = Fa
     ``retry`` runs again what failed (an episode recorded as ``error``); Prefect's own Retry of
     this flow run does the same.
     """
-    deps = bootstrap.for_flows()
+    deps = bootstrap.for_flows().for_cluster(violation.cluster)
     mode = RunMode(retry=retry or is_prefect_retry(), force_new_episode=force_new_episode)
     return outcome_state(await run_chain(violation, deps, TaskSteps(deps), mode))

@@ -51,16 +51,18 @@ async def handle_violations(violations: list[ViolationRef], retry: bool = False)
     """
     deps = bootstrap.for_flows()
     mode = RunMode(retry=retry or is_prefect_retry())
-    phased = PhasedSteps(deps, chains=len(violations))
+    by_cluster = Counter(ref.cluster for ref in violations)  # one cluster per batch a cycle makes
+    phased = {name: PhasedSteps(deps.for_cluster(name), chains=n) for name, n in by_cluster.items()}
 
     async def chain(ref: ViolationRef) -> ChainOutcome:
+        steps = phased[ref.cluster]
         try:
             with told_in_summary():
-                outcome = await run_chain(ref, deps, phased, mode)
+                outcome = await run_chain(ref, steps.deps, steps, mode)
             log.info("%s", outcome.line())
             return outcome
         finally:
-            phased.finished()
+            steps.finished()
 
     outcomes = list(await asyncio.gather(*(chain(ref) for ref in violations)))
     counters = count_statuses(outcomes)

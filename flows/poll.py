@@ -7,21 +7,24 @@ module says what it does: it polls. Watch mode, which follows reports as they ch
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prefect import flow
 
 from flows.dispatch import ChainRequest, run_chains
 from policyflow import bootstrap, metrics
 from policyflow.chain.deps import Deps
+from policyflow.domain.decisions import unfinished_outcome
+from policyflow.domain.errors import PolicyflowError, UnreachableError
 from policyflow.domain.ledger import Action
 from policyflow.domain.outcome import ChainOutcome, count_statuses
 from policyflow.domain.status import Outcome
 from tasks import observe
 from tasks.detect import detect_violations, record_resolved
-from tasks.health import close_resolved, publish_health
+from tasks.health import Closed, close_resolved, publish_health
 
 log = logging.getLogger("policyflow.flows")
 
@@ -55,20 +58,70 @@ async def poll_reports(chain_deployment: str | None = None, batch_deployment: st
 
 async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
                      batch_deployment: str | None = None) -> CycleSummary:
-    """The cycle itself, with its dependencies given (the flow's body)."""
+    """The cycle itself, with its dependencies given (the flow's body): every configured cluster's
+    part at once, each on its own (a cluster that is down, slow or refusing is that cluster's
+    outcome, never a delay or a halt of the others'), then the health figures from the one journal."""
     started, cycle_started = time.monotonic(), deps.clock.now()
-    scan = await detect_violations(deps)
+    if len(deps.clusters) > 1:
+        # Made sure of once, before the clusters' parts would race to create it (once per process).
+        await observe.ensure_testkube_limit(deps.settings.testkube_concurrency)
+    parts = await asyncio.gather(*(_cluster_cycle(c, chain_deployment, batch_deployment) for c in deps.clusters))
     metrics.POLL_DURATION.observe(time.monotonic() - started)
+    summary = CycleSummary()
+    for part in parts:
+        for name, value in part.counters.items():
+            summary.counters[name] = summary.counters.get(name, 0) + value
+        summary.outcomes.extend(part.outcomes)
+        summary.problems.extend(part.problems)
+    summary.counters["clusters_down"] = sum(1 for part in parts if not part.up)
+    summary.close()
+    await observe.cycle_artifact(summary.outcomes, summary.counters)
+    changed = any(part.changed for part in parts)
+    unchanged = parts[0].closed if len(parts) == 1 and not changed else None
+    await publish_health(deps, unchanged, changed=changed, cycle_started=cycle_started)
+    metrics.mark_poll_succeeded()
+    log.info("cycle: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.counters.items())))
+    return summary
+
+
+@dataclass
+class _ClusterPart(CycleSummary):
+    """One cluster's part of a cycle."""
+
+    up: bool = True
+    changed: bool = False
+    #: The journal as its cluster's part read it (reused when nothing changed anywhere).
+    closed: Closed | None = None
+
+
+async def _cluster_cycle(deps: Deps, chain_deployment: str | None, batch_deployment: str | None) -> _ClusterPart:
+    """Detect, resolve and run one cluster's chains. A cluster that cannot be read within
+    ``cluster_timeout`` (after the retries) is reported down: one outcome and one problem line, its
+    violations left as they are (nothing resolved while it cannot be seen) for the cycle after it
+    answers again."""
+    prefix = "" if len(deps.clusters) == 1 else f"cluster {deps.cluster}: "
+    try:
+        scan = await asyncio.wait_for(detect_violations(deps), timeout=deps.settings.cluster_timeout)
+    except (PolicyflowError, TimeoutError) as exc:
+        if len(deps.clusters) == 1:
+            raise  # one cluster: its outage is the cycle's, as it always was
+        metrics.CLUSTER_UP.labels(cluster=deps.cluster).set(0)
+        reason = exc if isinstance(exc, PolicyflowError) else UnreachableError(
+            f"no answer within {deps.settings.cluster_timeout:g} s")
+        down = replace(unfinished_outcome("", f"cluster {deps.cluster}", None, reason), halt=False)
+        log.warning("cluster %s is down this cycle: %s; its violations wait for it", deps.cluster, down.detail)
+        return _ClusterPart(outcomes=[down], problems=[f"{prefix}down: {down.detail}"], up=False)
+    metrics.CLUSTER_UP.labels(cluster=deps.cluster).set(1)
     if scan.resolved:
         await record_resolved(deps, scan.resolved)
     closed = await close_resolved(deps, scan)
-    summary = CycleSummary(counters=scan.counters, problems=list(scan.problems))
+    part = _ClusterPart(counters=scan.counters, problems=[prefix + p for p in scan.problems])
     chains = [f for f in scan.findings if f.needs_chain]
     for finding in scan.findings:
         if finding.planned.action is Action.BUSY:
             # In flight under another live process: not this cycle's to run, but not done either.
             record = finding.planned.record
-            summary.outcomes.append(ChainOutcome(
+            part.outcomes.append(ChainOutcome(
                 finding.violation.key, finding.violation.title, record.workflow if record else None,
                 record.execution_name if record else None, Outcome.BUSY,
                 detail=f"in flight under {record.owner if record else 'another process'}"))
@@ -78,20 +131,16 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
         observe.violation_detected(finding.violation, finding.planned.episode)
         if finding.routed is None:
             metrics.VIOLATIONS_UNROUTED.inc()
-            summary.outcomes.append(ChainOutcome(finding.violation.key, finding.violation.title, None, None,
-                                                 Outcome.UNROUTED, detail="no route"))
+            part.outcomes.append(ChainOutcome(finding.violation.key, finding.violation.title, None, None,
+                                              Outcome.UNROUTED, detail="no route"))
         else:
             metrics.VIOLATIONS_ROUTED.inc()
     if chains:
         requests = [ChainRequest.for_violation(f.violation, f.routed.workflow if f.routed else None)
                     for f in chains]
-        summary.outcomes.extend(await run_chains(requests, deps, chain_deployment=chain_deployment,
-                                                 batch_deployment=batch_deployment))
-    summary.counters["journal_resolved"] = len(closed.resolved)
-    summary.close()
-    await observe.cycle_artifact(summary.outcomes, summary.counters)
-    await publish_health(deps, closed, changed=bool(chains or closed.resolved or scan.resolved),
-                         cycle_started=cycle_started)
-    metrics.mark_poll_succeeded()
-    log.info("cycle: %s", ", ".join(f"{k}={v}" for k, v in sorted(summary.counters.items())))
-    return summary
+        part.outcomes.extend(await run_chains(requests, deps, chain_deployment=chain_deployment,
+                                              batch_deployment=batch_deployment))
+    part.counters["journal_resolved"] = len(closed.resolved)
+    part.changed = bool(chains or closed.resolved or scan.resolved)
+    part.closed = closed
+    return part

@@ -9,6 +9,7 @@ from prefect import flow
 from flows.dispatch import ChainRequest, run_chains
 from flows.poll import CycleSummary
 from policyflow import bootstrap
+from policyflow.domain.errors import PolicyflowError
 from tasks import observe
 from tasks.detect import find_failed_chains
 
@@ -24,14 +25,23 @@ async def retry_failed_triggers(chain_deployment: str | None = None, batch_deplo
     started twice. ``chain_deployment``/``batch_deployment`` make the retried runs runs of those
     deployments (as ``policy-watch`` does); ``since_hours`` is how far back the run history is read.
     """
-    deps = bootstrap.for_flows()
-    failed = await find_failed_chains(deps, since_hours)
-    requests = [ChainRequest.for_violation(f.violation, f.routed.workflow if f.routed else None, retry=True)
-                for f in failed]
-    summary = CycleSummary(counters={"failed_chains": len(requests)})
-    summary.outcomes = await run_chains(requests, deps, chain_deployment=chain_deployment,
-                                        batch_deployment=batch_deployment)
+    summary = CycleSummary(counters={"failed_chains": 0})
+    clusters = bootstrap.for_flows().clusters
+    for deps in clusters:  # each cluster's own: one that is down waits for the next retry
+        try:
+            failed = await find_failed_chains(deps, since_hours)
+        except PolicyflowError as exc:
+            if len(clusters) == 1:
+                raise
+            summary.problems.append(f"cluster {deps.cluster}: down: {exc}")
+            log.warning("cluster %s: failed chains not looked for: %s", deps.cluster, exc)
+            continue
+        requests = [ChainRequest.for_violation(f.violation, f.routed.workflow if f.routed else None, retry=True)
+                    for f in failed]
+        summary.counters["failed_chains"] += len(requests)
+        summary.outcomes += await run_chains(requests, deps, chain_deployment=chain_deployment,
+                                             batch_deployment=batch_deployment)
     summary.close()
     await observe.cycle_artifact(summary.outcomes, summary.counters, key="retry-failed-triggers")
-    log.info("retried %d failed chains: %s", len(requests), summary.counters)
+    log.info("retried %d failed chains: %s", summary.counters["failed_chains"], summary.counters)
     return summary

@@ -119,7 +119,8 @@ async def _react(deps: Deps, queue: asyncio.Queue[Event], expired: threading.Eve
         now = deps.clock.now()
         live = read_live_owners(deps.kube, deps.settings.lease_namespace, now) if len(batch) else None
         for kind, obj in batch.values():
-            scan = scan_report(deps.kube, deps.settings, deps.routing, kind, obj, now=now, live_owners=live)
+            scan = scan_report(deps.kube, deps.settings, deps.routing, kind, obj, now=now, live_owners=live,
+                               cluster=deps.cluster)
             for finding in scan.findings:
                 if finding.needs_chain and finding.routed:
                     reactor.notice(finding.violation, finding.routed)

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 import uuid
+from collections.abc import Mapping
 from typing import cast
 
 from policyflow import settings as settings_module
@@ -27,7 +28,7 @@ from policyflow.domain.routing import RoutingTable
 from policyflow.journal import JournalStore
 from policyflow.liveness import ProcessLease
 from policyflow.records import RecordStore
-from policyflow.settings import Settings
+from policyflow.settings import ClusterSpec, Settings
 from tasks.observe import PrefectObserver
 
 
@@ -36,32 +37,67 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def build(settings: Settings, routing: RoutingTable, *, kube: KubeClient | None = None, clock: Clock | None = None,
+def build(settings: Settings, routing: RoutingTable, *, kube: KubeClient | None = None,
+          kubes: Mapping[str, KubeClient] | None = None, clock: Clock | None = None,
           observer: Observer | None = None) -> Deps:
     """Everything the chains, tasks and flows of this process need (ConfigError when the settings
-    cannot be made into it)."""
-    kube = kube if kube is not None else KubeClient.connect(**settings.kube_options())
+    cannot be made into it): one :class:`Deps` per configured cluster, joined; the home cluster's
+    (the first) is answered. ``kube`` (the home cluster's) and ``kubes`` (by cluster name) replace
+    clients that would be connected from the settings.
+
+    Nothing here needs a cluster to answer: one that is down when the process starts is a problem of
+    that cluster's cycles, not a reason not to serve the others.
+    """
     clock = clock if clock is not None else Clock()
     retry = settings.retry_policy()
     owner = owner_id()
-    lease = ProcessLease(kube, owner=owner, namespace=settings.lease_namespace, duration=settings.lease_duration,
-                         clock=clock)
-    return Deps(
-        settings=settings,
-        routing=routing,
-        kube=kube,
-        records=RecordStore(kube, owner=owner, clock=clock, retry=retry),
-        testkube=TestkubeClients(settings, functools.cache(functools.partial(_testkube_token, settings))),
-        clock=clock,
-        owner=owner,
-        retry=retry,
-        observer=observer if observer is not None else PrefectObserver(),
-        lease=lease if lease.start() else None,
-        journal=JournalStore(kube, namespace=settings.journal_namespace, retry=retry),
-    )
+    observer = observer if observer is not None else PrefectObserver()
+    specs = settings.cluster_specs()
+    given = dict(kubes or {})
+    if kube is not None:
+        given.setdefault(specs[0].name, kube)
+    built: list[Deps] = []
+    journal: JournalStore | None = None
+    try:
+        for spec in specs:
+            own = settings.for_cluster(spec)
+            client = given.get(spec.name) or KubeClient.connect(**own.kube_options(), in_cluster=spec.in_cluster)
+            if journal is None:  # one journal, in the home cluster, for every cluster's episodes
+                journal = JournalStore(client, namespace=settings.journal_namespace, retry=retry)
+            lease = ProcessLease(client, owner=owner, namespace=own.lease_namespace, duration=own.lease_duration,
+                                 clock=clock)
+            built.append(Deps(
+                settings=own,
+                routing=routing,
+                kube=client,
+                records=RecordStore(client, owner=owner, clock=clock, retry=retry),
+                testkube=TestkubeClients(own, functools.cache(functools.partial(_testkube_token, settings, spec))),
+                clock=clock,
+                owner=owner,
+                retry=retry,
+                observer=observer,
+                lease=lease if lease.start() else None,
+                journal=journal.for_cluster(spec.name),
+                cluster=spec.name,
+            ))
+    except BaseException:
+        for deps in built:
+            deps.close()
+        raise
+    return Deps.joined(built)
 
 
-def _testkube_token(settings: Settings) -> str | None:
+def _testkube_token(settings: Settings, spec: ClusterSpec) -> str | None:
+    """The Testkube token of ``spec``'s target: its own reference when it has one, else the top-level
+    token (or block). Read at the edge, once, when its first client is made."""
+    if spec.testkube_token_env:
+        token = os.environ.get(spec.testkube_token_env)
+        if not token:
+            raise ConfigError(f"cluster {spec.name}: testkube_token_env {spec.testkube_token_env} is not set "
+                              "in the environment")
+        return token
+    if spec.testkube_token_block:
+        return _load_secret_block(spec.testkube_token_block)
     if settings.testkube_token is not None:
         return settings.testkube_token.get_secret_value()
     if settings.testkube_token_block:

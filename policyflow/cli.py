@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         "scan", parents=[common], help="read-only: the failing results and what was done about each"
     )
     scan.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    drift = commands.add_parser(
+        "drift", parents=[common],
+        help="read-only: the same policy/rule/resource failing in one cluster and not in another",
+    )
+    drift.add_argument("--output", "-o", choices=["table", "json"], default="table")
     commands.add_parser(
         "run-once", parents=[common],
         help="one detection cycle: run the chain for every new failure, wait, print a table",
@@ -131,47 +136,111 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name, None) for name in ("config", "kubeconfig", "context")}
 
 
-def _scan(args: argparse.Namespace) -> int:
-    from tabulate import tabulate
+def _scan_clusters(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], dict[str, str]]:
+    """Scan every configured cluster (read-only, at once): (cluster, Scan) for those that answered,
+    and why, by cluster, for those that did not."""
+    from concurrent.futures import ThreadPoolExecutor
 
     from policyflow import settings as settings_module
     from policyflow.clients.kube import KubeClient
     from policyflow.scanning import scan_cluster
+    from policyflow.settings import ClusterSpec
 
     settings, routing = settings_module.load(_overrides(args))
-    kube = KubeClient.connect(**settings.kube_options())
-    try:
-        scan = scan_cluster(kube, settings, routing, now=datetime.now(UTC))
-    finally:
-        kube.close()
-    for kind in scan.skipped_kinds:
-        print(f"policyflow: {kind} is not served by this cluster (CRD not installed); skipped", file=sys.stderr)
-    for problem in scan.problems:
-        print(f"policyflow: {problem}", file=sys.stderr)
+    specs = settings.cluster_specs()
+
+    def one(spec: ClusterSpec) -> Any:
+        own = settings.for_cluster(spec)
+        kube = KubeClient.connect(**own.kube_options(), in_cluster=spec.in_cluster)
+        try:
+            return scan_cluster(kube, own, routing, now=datetime.now(UTC), cluster=spec.name)
+        finally:
+            kube.close()
+
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        futures = [(spec.name, pool.submit(one, spec)) for spec in specs]
+    scans: list[tuple[str, Any]] = []
+    down: dict[str, str] = {}
+    for name, future in futures:
+        try:
+            scans.append((name, future.result()))
+        except PolicyflowError as exc:
+            if len(specs) == 1:
+                raise
+            down[name] = str(exc)
+    return scans, down
+
+
+def _scan(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    scans, down = _scan_clusters(args)
+    several = len(scans) + len(down) > 1
     rows = []
-    for finding in scan.findings:
-        v, planned, record = finding.violation, finding.planned, finding.planned.record
-        rows.append({
-            "violation": v.title,
-            "key": v.key,
-            "report": str(v.report),
-            "severity": v.severity or "",
-            "result": v.result.value,
-            "action": planned.action.value,
-            "status": record.status.value if record else "new",
-            "workflow": finding.routed.workflow if finding.routed else "(unrouted)",
-            "execution": (record.execution_name or record.execution or "") if record else "",
-            "episode": planned.episode,
-            "reason": planned.reason,
-        })
+    for cluster, scan in scans:
+        where = f"cluster {cluster}: " if several else ""
+        for kind in scan.skipped_kinds:
+            print(f"policyflow: {where}{kind} is not served by this cluster (CRD not installed); skipped",
+                  file=sys.stderr)
+        for problem in scan.problems:
+            print(f"policyflow: {where}{problem}", file=sys.stderr)
+        for finding in scan.findings:
+            v, planned, record = finding.violation, finding.planned, finding.planned.record
+            rows.append({
+                "cluster": cluster,
+                "violation": v.title,
+                "key": v.key,
+                "report": str(v.report),
+                "severity": v.severity or "",
+                "result": v.result.value,
+                "action": planned.action.value,
+                "status": record.status.value if record else "new",
+                "workflow": finding.routed.workflow if finding.routed else "(unrouted)",
+                "execution": (record.execution_name or record.execution or "") if record else "",
+                "episode": planned.episode,
+                "reason": planned.reason,
+            })
+    for name, why in down.items():
+        print(f"policyflow: cluster {name}: down: {why}", file=sys.stderr)
+    counters: dict[str, int] = {}
+    for _, scan in scans:
+        for name, value in scan.counters.items():
+            counters[name] = counters.get(name, 0) + value
     if args.output == "json":
-        json.dump({"violations": rows, "counters": scan.counters}, sys.stdout, indent=2)
+        json.dump({"violations": rows, "counters": counters,
+                   "clusters": {**{c: "up" for c, _ in scans}, **dict.fromkeys(down, "down")}},
+                  sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         columns = ["violation", "severity", "status", "action", "workflow", "execution"]
+        columns = ["cluster", *columns] if several else columns
         print(tabulate([[r[c] for c in columns] for r in rows], headers=columns, tablefmt="simple")
               if rows else "no failing results")
-    return 0
+    return EXIT_UNFINISHED if down else 0
+
+
+def _drift(args: argparse.Namespace) -> int:
+    """``drift``: what fails in some clusters and not in others (only clusters that answered)."""
+    from tabulate import tabulate
+
+    from policyflow.domain.drift import drift
+
+    scans, down = _scan_clusters(args)
+    for name, why in down.items():
+        print(f"policyflow: cluster {name}: down: {why} (left out of the comparison)", file=sys.stderr)
+    if len(scans) < 2:
+        raise ConfigError("drift compares clusters: configure at least two (clusters: in --config) that answer")
+    rows = drift({cluster: [f.violation for f in scan.findings] for cluster, scan in scans})
+    if args.output == "json":
+        json.dump({"clusters": [c for c, _ in scans], "drift": [d.as_dict() for d in rows]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif rows:
+        print(tabulate([[d.policy, d.rule, d.kind, d.namespace or "-", d.name, ", ".join(d.failing),
+                         ", ".join(d.not_failing)] for d in rows],
+                       headers=["policy", "rule", "kind", "namespace", "name", "failing in", "not failing in"]))
+    else:
+        print(f"no drift: {', '.join(c for c, _ in scans)} fail the same way")
+    return EXIT_UNFINISHED if down else 0
 
 
 def _prepare_flows(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Deps:
@@ -355,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "scan":
             return _scan(args)
+        if args.command == "drift":
+            return _drift(args)
         if args.command == "run-once":
             return run_cycle(args)
         if args.command == "serve":

@@ -29,6 +29,7 @@ from policyflow.domain.journal import (
     shard_name,
 )
 from policyflow.domain.ledger import Record
+from policyflow.domain.model import DEFAULT_CLUSTER
 from policyflow.retry import RetryPolicy
 
 log = logging.getLogger("policyflow.journal")
@@ -37,18 +38,27 @@ SELECTOR = "app.kubernetes.io/component=policyflow-journal"
 _LABELS = {"app.kubernetes.io/managed-by": "policyflow", "app.kubernetes.io/component": "policyflow-journal"}
 
 
-def identity_of(record: Record, namespace: str | None) -> Identity:
-    return Identity(record.policy, record.rule, namespace or "", record.resource, record.workflow or "")
+def identity_of(record: Record, namespace: str | None, cluster: str = DEFAULT_CLUSTER) -> Identity:
+    return Identity(record.policy, record.rule, namespace or "", record.resource, record.workflow or "", cluster)
 
 
 class JournalStore:
-    """Reads and writes the journal in ``namespace``."""
+    """Reads and writes the journal in ``namespace`` (of the home cluster, ``kube``), on behalf of
+    the violations of ``cluster``: with several clusters, one journal holds them all, each entry
+    naming its cluster (:meth:`for_cluster`)."""
 
-    def __init__(self, kube: KubeClient, *, namespace: str, retry: RetryPolicy) -> None:
+    def __init__(self, kube: KubeClient, *, namespace: str, retry: RetryPolicy,
+                 cluster: str = DEFAULT_CLUSTER) -> None:
         self.kube = kube
         self.namespace = namespace
         self.retry = retry
+        self.cluster = cluster
         self.refused = False
+
+    def for_cluster(self, cluster: str) -> JournalStore:
+        """The same journal, writing the episodes of ``cluster``'s violations."""
+        return self if cluster == self.cluster else JournalStore(self.kube, namespace=self.namespace,
+                                                                 retry=self.retry, cluster=cluster)
 
     def read(self) -> Journal:
         """The whole journal (one LIST); empty, with the problem noted, when it cannot be read."""
@@ -68,7 +78,8 @@ class JournalStore:
     def opened(self, record: Record, namespace: str | None) -> None:
         """The record's episode opened (detected at ``record.detected``)."""
         when = record.detected or record.updated
-        self._write(record.key, opened_entries(record.key, identity_of(record, namespace), record.episode_id, when))
+        self._write(record.key, opened_entries(record.key, identity_of(record, namespace, self.cluster),
+                                                     record.episode_id, when))
 
     def finished(self, record: Record) -> None:
         """The record's episode ended with ``record.status``."""

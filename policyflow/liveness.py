@@ -40,6 +40,11 @@ class ProcessLease:
             log.warning("no liveness Lease (%s): a crashed process's chains wait out claim_lease before others "
                         "resume them; grant leases in policyflow's Role (deployments/kubernetes)", exc)
             return False
+        except PolicyflowError as exc:
+            # The cluster does not answer now (one of several may be down when the process starts):
+            # the renewal writes the Lease once it answers again.
+            log.warning("liveness Lease %s not written yet (%s); renewing it until the cluster answers",
+                        self.name, exc)
         self.held = True
         self._thread = threading.Thread(target=self._renew, name="policyflow-lease", daemon=True)
         self._thread.start()

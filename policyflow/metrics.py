@@ -195,6 +195,12 @@ def _known_series(gauge: Gauge, labelnames: tuple[str, ...]) -> set[tuple[str, .
             if all(n in s.labels for n in labelnames)}
 
 
+CLUSTER_UP = Gauge(
+    "policyflow_cluster_up", "1 when the cluster's last detection cycle could read it, 0 when it was down",
+    ["cluster"], multiprocess_mode="mostrecent",
+)
+
+
 def serve_metrics(port: int, address: str = "0.0.0.0") -> None:  # noqa: S104 - scraped from other pods
     """Expose ``/metrics`` on ``address:port`` from a background thread.
 

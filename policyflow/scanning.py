@@ -23,7 +23,7 @@ from policyflow.domain.decisions import replan_after_route_change
 from policyflow.domain.errors import ForbiddenError, NotFoundError
 from policyflow.domain.gatekeeper import CONSTRAINTS_GROUP, CONSTRAINTS_VERSION, constraint_kinds, parse_constraint
 from policyflow.domain.ledger import Action, Planned, Record, plan_report, read_records
-from policyflow.domain.model import REPORT_KINDS, ReportKind, ReportRef, Source, Violation
+from policyflow.domain.model import DEFAULT_CLUSTER, REPORT_KINDS, ReportKind, ReportRef, Source, Violation
 from policyflow.domain.reports import ViolationFilter, parse_report
 from policyflow.domain.routing import RoutedTest, RoutingTable
 from policyflow.domain.status import Status
@@ -120,17 +120,19 @@ def scan_cluster(
     routing: RoutingTable,
     *,
     now: datetime,
+    cluster: str = DEFAULT_CLUSTER,
 ) -> Scan:
-    """Read every report, diff it against the records on it, route what needs a chain. Which
-    in-flight records belong to live processes is read once, from their Leases."""
+    """Read every report of ``cluster`` (which ``kube`` reaches), diff it against the records on it,
+    route what needs a chain. Which in-flight records belong to live processes is read once, from
+    their Leases."""
     scan = Scan()
     live = read_live_owners(kube, settings.lease_namespace, now)
     flt = settings.violation_filter()
     pending: list[_Read] = []
     if not settings.sources or Source.KYVERNO in settings.sources:
-        pending += _read_reports(kube, settings, flt, scan)
+        pending += _read_reports(kube, settings, flt, scan, cluster)
     if not settings.sources or Source.GATEKEEPER in settings.sources:
-        pending += _read_constraints(kube, settings, flt, scan)
+        pending += _read_constraints(kube, settings, flt, scan, cluster)
     # Resource changes matter only for violations already handled; look up generations for their
     # kinds only, with one metadata LIST per kind.
     generations: dict[str, int] | None = None
@@ -161,7 +163,8 @@ def scan_cluster(
     return scan
 
 
-def _read_reports(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan) -> list[_Read]:
+def _read_reports(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan,
+                  cluster: str) -> list[_Read]:
     """Every policy report (the Kyverno source) with something to plan."""
     served = served_report_kinds(kube, scan)
     if not served and Source.KYVERNO in settings.sources:
@@ -182,14 +185,15 @@ def _read_reports(kube: KubeClient, settings: Settings, flt: ViolationFilter, sc
                 scan.problems.extend(parsed.problems)
                 records, problems = read_records(parsed.annotations)
                 scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-                wanted = [v for v in parsed.violations if flt.wants(v)]
+                wanted = [v.in_cluster(cluster) for v in parsed.violations if flt.wants(v)]
                 if not wanted and not records:
                     continue
                 pending.append(_Read(parsed.ref, wanted, records))
     return pending
 
 
-def _read_constraints(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan) -> list[_Read]:
+def _read_constraints(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan,
+                      cluster: str) -> list[_Read]:
     """Every Gatekeeper constraint (the gatekeeper source) with something to plan.
 
     Constraint kinds are discovered each cycle (a new ConstraintTemplate adds one). Constraints are
@@ -220,11 +224,12 @@ def _read_constraints(kube: KubeClient, settings: Settings, flt: ViolationFilter
                                      f"{parsed.total_violations} violations; missing entries are not resolved")
             records, problems = read_records(parsed.annotations)
             scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-            here = [v for v in parsed.violations if flt.wants_namespace(flt.namespace_of(v))]
+            violations = [v.in_cluster(cluster) for v in parsed.violations]
+            here = [v for v in violations if flt.wants_namespace(flt.namespace_of(v))]
             wanted = [v for v in here if flt.wants(v)]
             if not wanted and not records:
                 continue
-            elsewhere = frozenset(v.key for v in parsed.violations) - {v.key for v in here}
+            elsewhere = frozenset(v.key for v in violations) - {v.key for v in here}
             pending.append(_Read(parsed.ref, wanted, records, complete=parsed.complete, elsewhere=elsewhere))
     return pending
 
@@ -271,6 +276,7 @@ def scan_report(
     *,
     now: datetime,
     live_owners: frozenset[str] | None,
+    cluster: str = DEFAULT_CLUSTER,
 ) -> Scan:
     """What to do about one report as a watch event shows it (no resource-change lookup: the periodic
     full cycle does that)."""
@@ -282,7 +288,7 @@ def scan_report(
     scan.problems.extend(parsed.problems)
     records, problems = read_records(parsed.annotations)
     scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-    wanted = [v for v in parsed.violations if flt.wants(v)]
+    wanted = [v.in_cluster(cluster) for v in parsed.violations if flt.wants(v)]
     plan = plan_report(wanted, records, generations=None, now=now, lease_seconds=settings.claim_lease,
                        live_owners=live_owners)
     scan.resolved.extend((parsed.ref, record) for record in plan.resolved)

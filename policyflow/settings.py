@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -22,7 +31,7 @@ from pydantic_settings import (
 )
 
 from policyflow.domain.errors import ConfigError, one_line
-from policyflow.domain.model import ResultKind, Source
+from policyflow.domain.model import CLUSTER_NAME, DEFAULT_CLUSTER, ResultKind, Source
 from policyflow.domain.reports import ViolationFilter
 from policyflow.domain.routing import Route, RoutingTable
 from policyflow.retry import RetryPolicy
@@ -39,6 +48,57 @@ def _own_namespace() -> str:
         return SERVICE_ACCOUNT_NAMESPACE.read_text(encoding="utf-8").strip() or "default"
     except OSError:
         return "default"
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class ClusterSpec(BaseModel):
+    """One cluster of ``clusters:``: how to reach it, which of its namespaces to read, and (when it
+    has its own) its Testkube target. What it leaves unset is the top-level setting's."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="DNS label naming the cluster in keys, tags, run names and metrics")
+    kubeconfig: Path | None = Field(default=None, description="kubeconfig file (default: the top-level kubeconfig)")
+    context: str | None = Field(default=None, description="kubeconfig context")
+    in_cluster: bool = Field(default=False, description="the service account of the pod policyflow runs in")
+    namespaces: CommaList = Field(default=(), description="Only reports in these namespaces (default: the top-level)")
+    exclude_namespaces: CommaList = Field(default=(), description="Never these namespaces (default: the top-level)")
+    testkube_url: AnyHttpUrl | None = Field(default=None, description="Its own Testkube: the agent or Cloud API")
+    testkube_org: str | None = Field(default=None, description="Its own Testkube Cloud organization")
+    testkube_env: str | None = Field(default=None, description="Its own Testkube Cloud environment (runner target)")
+    testkube_token_env: str | None = Field(default=None, description="Environment variable holding its Testkube token")
+    testkube_token_block: str | None = Field(default=None, description="Prefect Secret block of its token")
+
+    _split_lists = field_validator("namespaces", "exclude_namespaces", mode="before")(_split)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not CLUSTER_NAME.fullmatch(value):
+            raise ValueError(f"{one_line(repr(value), 70)} is not a cluster name: use a DNS label (lower-case "
+                             "letters, digits and '-', at most 63, e.g. prod-eu)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClusterSpec:
+        if self.in_cluster and (self.kubeconfig or self.context):
+            raise ValueError(f"cluster {self.name}: in_cluster excludes kubeconfig and context; give one or the other")
+        if self.testkube_token_env and self.testkube_token_block:
+            raise ValueError(f"cluster {self.name}: give testkube_token_env or testkube_token_block, not both")
+        if self.testkube_url and bool(self.testkube_org) != bool(self.testkube_env):
+            raise ValueError(f"cluster {self.name}: with its own testkube_url, set both testkube_org and "
+                             "testkube_env (Cloud) or neither (agent)")
+        return self
+
+    @property
+    def own_testkube(self) -> bool:
+        """Whether it names a Testkube target of its own (else the top-level one)."""
+        return bool(self.testkube_url or self.testkube_org or self.testkube_env)
 
 
 class Settings(BaseSettings):
@@ -109,6 +169,11 @@ class Settings(BaseSettings):
         50, ge=0, le=1_000_000,
         description="A cycle with more new chains than this runs them in handle-violations batches (0: always)",
     )
+    cluster_timeout: float = Field(
+        300.0, gt=0,
+        description="Seconds one cluster's detection may take (retries included) before the cycle reports it "
+        "down and goes on with the others",
+    )
     batch_size: int = Field(250, ge=1, le=1000, description="Violations per handle-violations run in a storm")
     chain_dispatch: Literal["inline", "submit"] = Field(
         "inline",
@@ -143,13 +208,24 @@ class Settings(BaseSettings):
         10, ge=2, le=100, description="Health: the last N tested episodes of a violation its flip rate looks at"
     )
 
+    clusters: tuple[ClusterSpec, ...] = Field(
+        (), description="Several clusters (config file): name, kubeconfig/context/in_cluster, namespace filters, "
+        "its own Testkube target; none: one cluster, default, as the settings above say"
+    )
+
     config: Path | None = Field(None, description="YAML config file with routes (and any setting)")
 
-    @field_validator("namespaces", "exclude_namespaces", "policies", "results", "severities", mode="before")
+    _split_commas = field_validator("namespaces", "exclude_namespaces", "policies", "results", "severities",
+                                    mode="before")(_split)
+
+    @field_validator("clusters")
     @classmethod
-    def _split_commas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return tuple(part.strip() for part in value.split(",") if part.strip())
+    def _unique_clusters(cls, value: tuple[ClusterSpec, ...]) -> tuple[ClusterSpec, ...]:
+        seen: set[str] = set()
+        for spec in value:
+            if spec.name in seen:
+                raise ValueError(f"cluster {spec.name!r} is named twice: cluster names must be unique")
+            seen.add(spec.name)
         return value
 
     @field_validator("sources", mode="before")
@@ -192,6 +268,33 @@ class Settings(BaseSettings):
     def kube_options(self) -> dict[str, Any]:
         """How to reach the cluster, as ``KubeClient.connect`` takes it."""
         return {"kubeconfig": self.kubeconfig, "context": self.context, "ca_file": self.kube_ca_file}
+
+    def cluster_specs(self) -> tuple[ClusterSpec, ...]:
+        """The clusters to read: those of ``clusters:``, else one, ``default``, as the top-level
+        settings describe it (a single-cluster configuration of before, unchanged)."""
+        return self.clusters or (ClusterSpec(name=DEFAULT_CLUSTER),)
+
+    def for_cluster(self, spec: ClusterSpec) -> Settings:
+        """These settings as one cluster's chains see them: its connection, its namespace filters,
+        its Testkube target (when it has one; its token is resolved by the composition root)."""
+        update: dict[str, Any] = {"clusters": ()}
+        if spec.in_cluster:
+            update.update(kubeconfig=None, context=None)
+        elif spec.kubeconfig or spec.context:
+            update.update(kubeconfig=spec.kubeconfig or self.kubeconfig, context=spec.context)
+        if spec.namespaces:
+            update["namespaces"] = spec.namespaces
+        if spec.exclude_namespaces:
+            update["exclude_namespaces"] = spec.exclude_namespaces
+        if spec.testkube_url:
+            update.update(testkube_url=spec.testkube_url, testkube_org=spec.testkube_org,
+                          testkube_env=spec.testkube_env)
+        elif spec.own_testkube:
+            update.update(testkube_org=spec.testkube_org or self.testkube_org,
+                          testkube_env=spec.testkube_env or self.testkube_env)
+        if spec.testkube_token_env or spec.testkube_token_block:
+            update.update(testkube_token=None, testkube_token_block=spec.testkube_token_block)
+        return self.model_copy(update=update)
 
     def retry_policy(self) -> RetryPolicy:
         """The one retry policy of steps and record writes, as these settings say."""

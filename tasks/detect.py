@@ -28,7 +28,7 @@ log = logging.getLogger("policyflow.detect")
 
 def _scan(deps: Deps) -> Scan:
     return deps.retry.run_sync(
-        lambda: scan_cluster(deps.kube, deps.settings, deps.routing, now=deps.clock.now()),
+        lambda: scan_cluster(deps.kube, deps.settings, deps.routing, now=deps.clock.now(), cluster=deps.cluster),
         what="detect-violations", log=log,
     )
 

@@ -38,7 +38,7 @@ class Closed:
 async def close_resolved(deps: Deps, scan: Scan) -> Closed:
     """Mark resolved, in the journal, every open episode whose violation this cycle no longer saw
     failing (its result went away, or Kyverno deleted the whole report). Only where the cycle looked:
-    a namespace outside the filter is not resolved by not being read."""
+    a namespace outside the filter, or another cluster's violation, is not resolved by not being read."""
     try:
         shards: dict[str, dict[str, str]] | None = await asyncio.to_thread(deps.journal.read_shards)
     except PolicyflowError as exc:
@@ -49,8 +49,8 @@ async def close_resolved(deps: Deps, scan: Scan) -> Closed:
         log.warning("%s", problem)
     failing = {f.violation.key for f in scan.findings} | scan.unsure  # unsure: maybe only cut from a list
     flt = deps.settings.violation_filter()
-    in_scope = {key: flt.wants_namespace(lc.identity.namespace or None) and lc.identity.policy not in
-                scan.unread_policies for key, lc in journal.lifecycles.items()}
+    in_scope = {key: lc.identity.cluster == deps.cluster and flt.wants_namespace(lc.identity.namespace or None)
+                and lc.identity.policy not in scan.unread_policies for key, lc in journal.lifecycles.items()}
     closing = to_resolve(journal, failing, in_scope=in_scope)
     now, stamp = deps.clock.now(), deps.clock.stamp()
     for lifecycle in closing:
@@ -64,18 +64,19 @@ async def close_resolved(deps: Deps, scan: Scan) -> Closed:
     return Closed(journal, shards, closing)
 
 
-async def publish_health(deps: Deps, closed: Closed, *, changed: bool, cycle_started: datetime) -> Journal:
-    """The journal as this cycle left it (read again only when the cycle wrote to it); prune it; set
-    the gauges; when the cycle changed anything, write the ``policy-health`` artifact (keyed: the
-    Artifacts page keeps every version, a trend over runs)."""
-    shards = closed.shards
-    if changed or shards is None:
+async def publish_health(deps: Deps, unchanged: Closed | None, *, changed: bool,
+                         cycle_started: datetime) -> Journal:
+    """The journal as this cycle left it (``unchanged``: as read before, when nothing wrote to it
+    since; else read again); prune it; set the gauges; when the cycle changed anything, write the
+    ``policy-health`` artifact (keyed: the Artifacts page keeps every version, a trend over runs)."""
+    shards = unchanged.shards if unchanged is not None else None
+    if shards is None:
         try:
             shards = await asyncio.to_thread(deps.journal.read_shards)
         except PolicyflowError as exc:
             log.warning("no health figures this cycle: the lifecycle journal cannot be read (%s)", exc)
             return Journal()
-    journal = decode(shards.values()) if changed or closed.shards is None else closed.before
+    journal = unchanged.before if unchanged is not None and unchanged.shards is not None else decode(shards.values())
     now = deps.clock.now()
     await asyncio.to_thread(deps.journal.prune, shards, now=now,
                             retention=timedelta(days=deps.settings.journal_retention_days))

@@ -1,12 +1,19 @@
 """What a chain needs besides its inputs, built once at the edge (``policyflow.bootstrap``) and
 handed down: settings, routes, the clients, the record store, the clock, who this process is, the
-retry policy, and where to tell Prefect (or nobody) what happened."""
+retry policy, and where to tell Prefect (or nobody) what happened.
+
+With several clusters there is one :class:`Deps` per cluster, each with that cluster's settings
+(connection, namespace filters, Testkube target), kube client, record store and Lease, and the
+shared parts (routes, clock, owner, retry, observer, the one journal in the home cluster). A chain
+is given its cluster's and reads like a single-cluster chain; :meth:`Deps.for_cluster` finds a
+sibling by name, :attr:`Deps.clusters` lists them all (the home cluster first).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from policyflow.clients.kube import KubeClient
@@ -15,7 +22,7 @@ from policyflow.clock import Clock
 from policyflow.domain.digest import FailureDigest
 from policyflow.domain.errors import ConfigError
 from policyflow.domain.ledger import Record
-from policyflow.domain.model import Violation
+from policyflow.domain.model import DEFAULT_CLUSTER, Violation
 from policyflow.domain.routing import RoutingTable
 from policyflow.domain.testrun import execution_url
 from policyflow.journal import JournalStore
@@ -81,12 +88,15 @@ class Deps:
     pydantic models looking for futures; this one it passes as it is.
     """
 
-    __slots__ = ("clock", "journal", "kube", "lease", "observer", "owner", "records", "retry", "routing",
-                 "settings", "testkube")
+    __slots__ = ("_siblings", "clock", "cluster", "journal", "kube", "lease", "observer", "owner", "records",
+                 "retry", "routing", "settings", "testkube")
 
     def __init__(self, *, settings: Settings, routing: RoutingTable, kube: KubeClient, records: RecordStore,
                  testkube: TestkubeClients, clock: Clock, owner: str, retry: RetryPolicy, observer: Observer,
-                 lease: ProcessLease | None, journal: JournalStore) -> None:
+                 lease: ProcessLease | None, journal: JournalStore, cluster: str = DEFAULT_CLUSTER) -> None:
+        #: The configured cluster these dependencies reach (``default`` with one cluster).
+        self.cluster = cluster
+        self._siblings: dict[str, Deps] = {cluster: self}
         self.settings = settings
         self.routing = routing
         self.kube = kube
@@ -101,12 +111,36 @@ class Deps:
         #: The lifecycle journal (episodes kept after their reports are gone), written after records.
         self.journal = journal
 
+    @classmethod
+    def joined(cls, clusters: Sequence[Deps]) -> Deps:
+        """Make ``clusters`` (one Deps each, the home cluster first) siblings of one another; the
+        home cluster's, which the rest of the process is handed."""
+        siblings = {deps.cluster: deps for deps in clusters}
+        for deps in clusters:
+            deps._siblings = siblings
+        return clusters[0]
+
+    @property
+    def clusters(self) -> list[Deps]:
+        """Every configured cluster's dependencies, the home cluster first."""
+        return list(self._siblings.values())
+
+    def for_cluster(self, name: str) -> Deps:
+        """The dependencies of cluster ``name`` (a flow run for a violation finds its own by the
+        reference's cluster); ConfigError when this process has no such cluster configured."""
+        try:
+            return self._siblings[name]
+        except KeyError:
+            known = ", ".join(self._siblings)
+            raise ConfigError(f"cluster {name!r} is not configured here (clusters: {known})") from None
+
     def close(self) -> None:
-        """Give the Lease back (this process's in-flight records are free at once) and close the
-        cluster client. Idempotent."""
-        if self.lease is not None:
-            self.lease.stop()
-        self.kube.close()
+        """Give every cluster's Lease back (this process's in-flight records are free at once) and
+        close the cluster clients. Idempotent."""
+        for deps in self.clusters:
+            if deps.lease is not None:
+                deps.lease.stop()
+            deps.kube.close()
 
     def execution_link(self, workflow: str, execution_id: str) -> str:
         """Where a person looks at an execution (the dashboard when configured, else the API)."""

@@ -75,7 +75,8 @@ async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
         return Fetched(ref, None, None, None, "", gone_reason="the report was deleted")
     parsed = parse_source(ref.report.kind, report)
     records, _ = read_records(parsed.annotations)
-    matches = failures_named(parsed.violations, ref, deps.settings.violation_filter().results)
+    matches = failures_named([v.in_cluster(deps.cluster) for v in parsed.violations], ref,
+                             deps.settings.violation_filter().results)
     if not matches and isinstance(parsed, ParsedConstraint) and not parsed.complete:
         return unlisted(ref, parsed, last_record(records, ref))
     if not matches:

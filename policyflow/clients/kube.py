@@ -53,6 +53,19 @@ class ApiResource:
     namespaced: bool
 
 
+def _load_kubeconfig(configuration: k8s.Configuration, kubeconfig: Path | None, context: str | None) -> bool:
+    """Load ``kubeconfig`` (or the default one) into ``configuration``; False when there is none to
+    load and none was named (then the in-cluster service account is the way)."""
+    try:
+        k8s_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None, context=context,
+                                    client_configuration=configuration)
+    except (ConfigException, FileNotFoundError, OSError) as kube_exc:
+        if kubeconfig is not None or context is not None:
+            raise ConfigError(f"kubeconfig: {kube_exc}; check --kubeconfig/--context") from None
+        return False
+    return True
+
+
 @dataclass(slots=True)
 class KubeClient:
     """A thin client over the official ``ApiClient``; one per process, safe to share between threads."""
@@ -65,27 +78,23 @@ class KubeClient:
 
     @classmethod
     def connect(
-        cls, *, kubeconfig: Path | None = None, context: str | None = None, ca_file: Path | None = None
+        cls, *, kubeconfig: Path | None = None, context: str | None = None, ca_file: Path | None = None,
+        in_cluster: bool = False,
     ) -> KubeClient:
         """Load the normal client configuration: ``kubeconfig``/``$KUBECONFIG``/``~/.kube/config``,
-        else the in-cluster service account. ConfigError when neither is usable.
+        else the in-cluster service account (only that with ``in_cluster``). ConfigError when neither
+        is usable.
 
         ``ca_file`` replaces the CA the configuration names (a private CA in front of the API server).
         """
         configuration = k8s.Configuration()
-        try:
-            k8s_config.load_kube_config(
-                config_file=str(kubeconfig) if kubeconfig else None,
-                context=context,
-                client_configuration=configuration,
-            )
-        except (ConfigException, FileNotFoundError, OSError) as kube_exc:
-            if kubeconfig is not None or context is not None:
-                raise ConfigError(f"kubeconfig: {kube_exc}; check --kubeconfig/--context") from None
+        if in_cluster or not _load_kubeconfig(configuration, kubeconfig, context):
             try:
                 k8s_config.load_incluster_config(client_configuration=configuration)
             except ConfigException:
                 raise ConfigError(
+                    "not running in a cluster (no service account token): in_cluster needs a pod"
+                    if in_cluster else
                     "no cluster configuration: no kubeconfig found ($KUBECONFIG, ~/.kube/config) and not "
                     "running in a cluster; set POLICYFLOW_KUBECONFIG or --kubeconfig"
                 ) from None

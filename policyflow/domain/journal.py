@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from policyflow.domain.model import KEY_LENGTH
+from policyflow.domain.model import DEFAULT_CLUSTER, KEY_LENGTH
 from policyflow.domain.status import TEST_DONE, Status
 
 #: ConfigMaps the journal is spread over (by the key's first hex digit): 16 MiB in all at most.
@@ -61,10 +61,14 @@ class Identity:
     namespace: str
     resource: str
     workflow: str = ""
+    #: The configured cluster (an entry written before there were clusters has none: ``default``).
+    cluster: str = DEFAULT_CLUSTER
 
     def to_json(self) -> str:
         data = {"policy": self.policy, "rule": self.rule, "namespace": self.namespace,
                 "resource": self.resource, "workflow": self.workflow}
+        if self.cluster != DEFAULT_CLUSTER:
+            data["cluster"] = self.cluster
         return json.dumps(data, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
 
     @classmethod
@@ -72,7 +76,8 @@ class Identity:
         data = json.loads(text)
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        return cls(**{k: str(data.get(k) or "") for k in ("policy", "rule", "namespace", "resource", "workflow")})
+        return cls(**{k: str(data.get(k) or "") for k in ("policy", "rule", "namespace", "resource", "workflow")},
+                   cluster=str(data.get("cluster") or DEFAULT_CLUSTER))
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,8 @@ or from an OPA Gatekeeper constraint's audit status (:mod:`policyflow.domain.gat
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -116,9 +117,9 @@ class ResourceRef:
 class Violation:
     """One non-passing result of one policy rule for one resource, as a report shows it now.
 
-    ``key`` is the violation's identity: it depends only on the resource (including its uid, so a
-    deleted and re-created resource is a new violation), the policy and the rule. It does not change
-    when Kyverno re-scans (new timestamps, reordered results, reworded messages).
+    ``key`` is the violation's identity: it depends only on the cluster, the resource (including its
+    uid, so a deleted and re-created resource is a new violation), the policy and the rule. It does
+    not change when Kyverno re-scans (new timestamps, reordered results, reworded messages).
     """
 
     report: ReportRef
@@ -132,15 +133,34 @@ class Violation:
     category: str | None = None
     source: str | None = None
     timestamp: int | None = None
+    #: The configured cluster whose report shows it (:data:`DEFAULT_CLUSTER` with one cluster).
+    cluster: str = "default"
     key: str = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", violation_key(self.resource, self.policy, self.rule))
+        object.__setattr__(self, "key", violation_key(self.resource, self.policy, self.rule, self.cluster))
 
     @property
     def title(self) -> str:
-        """How people name it: ``policy/rule namespace/Kind/name`` (also the flow-run name)."""
-        return f"{self.policy}/{self.rule} {self.resource}"
+        """How people name it: ``policy/rule namespace/Kind/name`` (also the flow-run name), with
+        `` @cluster`` after it in any cluster but ``default``."""
+        return f"{self.policy}/{self.rule} {self.resource}{cluster_suffix(self.cluster)}"
+
+    def in_cluster(self, cluster: str) -> Violation:
+        """The same failure as seen in ``cluster`` (its key includes the cluster unless ``default``)."""
+        return self if cluster == self.cluster else replace(self, cluster=cluster)
+
+
+#: The cluster of a single-cluster configuration, and of every record written before there were
+#: several: its violations' keys, titles and tags are what they were before clusters existed.
+DEFAULT_CLUSTER = "default"
+#: A cluster name: a DNS label (it goes into tags, labels, run names and Testkube tags as it is).
+CLUSTER_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def cluster_suffix(cluster: str) -> str:
+    """What a title adds for ``cluster``: nothing for ``default``, else `` @<cluster>``."""
+    return "" if cluster == DEFAULT_CLUSTER else f" @{cluster}"
 
 
 #: Length of a key in hex characters: 64 bits, far from collisions at cluster scale, and short
@@ -148,13 +168,15 @@ class Violation:
 KEY_LENGTH = 16
 
 
-def violation_key(resource: ResourceRef, policy: str, rule: str) -> str:
+def violation_key(resource: ResourceRef, policy: str, rule: str, cluster: str = DEFAULT_CLUSTER) -> str:
     """The stable identity of a violation: a hash of what it is about, never of when or how it is worded.
 
     The API version is reduced to its group so that a served-version change does not make every
-    violation new again.
+    violation new again. The cluster is part of it only when it is not ``default``: the same
+    resource name in two clusters is two violations, and every key (record, Testkube tag, journal
+    entry) written before several clusters existed stays what it was.
     """
-    parts = (
+    parts: tuple[str, ...] = (
         resource.group,
         resource.kind,
         resource.namespace or "",
@@ -163,5 +185,7 @@ def violation_key(resource: ResourceRef, policy: str, rule: str) -> str:
         policy,
         rule,
     )
+    if cluster != DEFAULT_CLUSTER:
+        parts = (*parts, f"cluster={cluster}")
     digest = hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
     return digest[:KEY_LENGTH]

@@ -20,13 +20,23 @@ import re
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from policyflow.domain.gatekeeper import constraint_kind
-from policyflow.domain.model import ReportKind, ReportRef, Source, Violation, report_kind_named
+from policyflow.domain.model import (
+    CLUSTER_NAME,
+    DEFAULT_CLUSTER,
+    ReportKind,
+    ReportRef,
+    Source,
+    Violation,
+    cluster_suffix,
+    report_kind_named,
+)
 
 #: What a constraint kind (a ConstraintTemplate's ``spec.crd.spec.names.kind``) can be called.
 _CONSTRAINT_KIND = re.compile(r"[A-Za-z][A-Za-z0-9]{0,62}")
 
-#: Identity of a violation run: (report kind, report namespace, report name, policy, rule, resource uid).
-Identity = tuple[str, str, str, str, str, str]
+#: Identity of a violation run: (report kind, report namespace, report name, policy, rule, resource
+#: uid, cluster).
+Identity = tuple[str, str, str, str, str, str, str]
 
 
 class ViolationRef(BaseModel):
@@ -47,6 +57,8 @@ class ViolationRef(BaseModel):
     resource_name: str | None = Field(default=None, description="The failing resource's name (chooses among several)")
     resource_namespace: str | None = Field(default=None, description="The failing resource's namespace (names the run)")
     resource_uid: str | None = Field(default=None, description="The failing resource's uid (chooses among several)")
+    cluster: str = Field(default=DEFAULT_CLUSTER, pattern=CLUSTER_NAME.pattern,
+                         description="The configured cluster whose report it is (default: the only one)")
 
     @field_validator("report_kind")
     @classmethod
@@ -71,6 +83,7 @@ class ViolationRef(BaseModel):
             resource_name=violation.resource.name,
             resource_namespace=violation.resource.namespace,
             resource_uid=violation.resource.uid,
+            cluster=violation.cluster,
         )
 
     @property
@@ -89,21 +102,25 @@ class ViolationRef(BaseModel):
         resource = self.resource_uid or ""
         if self.source is Source.GATEKEEPER and not resource:
             resource = f"{self.resource_kind or ''}/{self.resource_namespace or ''}/{self.resource_name or ''}"
-        return (self.report_kind, self.report_namespace or "", self.report_name, self.policy, self.rule, resource)
+        return (self.report_kind, self.report_namespace or "", self.report_name, self.policy, self.rule, resource,
+                self.cluster)
 
     @property
     def title(self) -> str:
-        """``policy/rule namespace/Kind/name``: the violation as people name it (the run's name)."""
+        """``policy/rule namespace/Kind/name``: the violation as people name it (the run's name), with
+        `` @cluster`` after it in any cluster but ``default``."""
         where = self.resource_namespace or self.report_namespace or ""
         if self.resource_kind and self.resource_name:
             thing = f"{self.resource_kind}/{self.resource_name}"
         else:
             thing = self.report_name
-        return f"{self.policy}/{self.rule} {where}/{thing}" if where else f"{self.policy}/{self.rule} {thing}"
+        title = f"{self.policy}/{self.rule} {where}/{thing}" if where else f"{self.policy}/{self.rule} {thing}"
+        return title + cluster_suffix(self.cluster)
 
     def tags(self, workflow: str | None = None) -> list[str]:
-        """The run's Prefect tags: policy, namespace, and the routed workflow when known."""
-        run_tags = [f"policy:{self.policy}", f"namespace:{self.resource_namespace or '-'}"]
+        """The run's Prefect tags: policy, namespace, cluster, and the routed workflow when known."""
+        run_tags = [f"policy:{self.policy}", f"namespace:{self.resource_namespace or '-'}",
+                    f"cluster:{self.cluster}"]
         if workflow:
             run_tags.append(f"workflow:{workflow}")
         return run_tags

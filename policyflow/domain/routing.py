@@ -42,6 +42,7 @@ TEMPLATE_FIELDS: dict[str, Callable[[Violation], str]] = {
     "report.kind": lambda v: v.report.kind.kind,
     "report.name": lambda v: v.report.name,
     "report.namespace": lambda v: v.report.namespace or "",
+    "cluster": lambda v: v.cluster,
 }
 
 
@@ -85,6 +86,8 @@ class Match(BaseModel):
     severities: tuple[str, ...] = ()
     #: Where the violation comes from: ``kyverno`` (a policy report) or ``gatekeeper`` (a constraint).
     sources: tuple[str, ...] = ()
+    #: Configured cluster names (globs): ``[prod-*]``.
+    clusters: tuple[str, ...] = ()
     #: Labels of the failing resource (all must be present with these values; ``*`` globs allowed).
     labels: dict[str, str] = Field(default_factory=dict)
 
@@ -101,6 +104,7 @@ class Match(BaseModel):
             (self.kinds, violation.resource.kind),
             (self.severities, violation.severity or ""),
             (self.sources, violation.report.kind.source.value),
+            (self.clusters, violation.cluster),
         )
         for patterns, value in checks:
             if patterns and not any(fnmatch.fnmatchcase(value, p) for p in patterns):

@@ -16,9 +16,11 @@ from policyflow.domain.status import EXECUTION_TERMINAL, Status, status_of_execu
 TAG_REPORT_NAME = "PolicyViolationName"
 TAG_KEY = "policyflow-key"
 TAG_EPISODE = "policyflow-episode"
+#: Which configured cluster the violation is in (not looked up by: the key already says it).
+TAG_CLUSTER = "policyflow-cluster"
 #: Tags policyflow owns: a route's extra tags cannot override them.
 RESERVED_TAGS = frozenset(
-    {TAG_REPORT_NAME, TAG_KEY, TAG_EPISODE, "policy", "rule", "resource-kind", "resource-namespace",
+    {TAG_REPORT_NAME, TAG_KEY, TAG_EPISODE, TAG_CLUSTER, "policy", "rule", "resource-kind", "resource-namespace",
      "resource-name"}
 )
 MAX_TAG_VALUE = 256
@@ -31,7 +33,10 @@ def tag_value(value: str) -> str:
 
 
 def execution_tags(violation: Violation, episode_id: str) -> dict[str, str]:
-    """The tags that identify this violation's episode on Testkube (what a retried trigger looks up)."""
+    """The tags that identify this violation's episode on Testkube (what a retried trigger looks up).
+
+    Not the cluster tag: the key already names the cluster, and an execution started before there
+    were clusters (no such tag) must still be found."""
     return {TAG_KEY: violation.key, TAG_EPISODE: episode_id}
 
 
@@ -46,6 +51,7 @@ def execution_request(violation: Violation, routed: RoutedTest, episode_id: str)
             "resource-kind": tag_value(violation.resource.kind),
             "resource-namespace": tag_value(violation.resource.namespace or ""),
             "resource-name": tag_value(violation.resource.name),
+            TAG_CLUSTER: tag_value(violation.cluster),
         }
     )
     tags.update(execution_tags(violation, episode_id))

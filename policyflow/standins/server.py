@@ -22,14 +22,20 @@ class LoopbackServer:
     def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self._app = app
         self._host = host
+        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._bind(port)
+
+    def _bind(self, port: int) -> None:
+        """A listening socket and a server for it (again on the same port after :meth:`stop`)."""
         # IPPROTO_TCP matters: with it asyncio turns on TCP_NODELAY for accepted connections; without it
         # every response on a kept-alive connection waits ~40 ms for Nagle + delayed ACK.
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
+        self._sock.bind((self._host, port))
         self.port: int = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            app,
+            self._app,
             log_level="warning",
             access_log=False,
             lifespan="off",
@@ -38,14 +44,17 @@ class LoopbackServer:
             timeout_graceful_shutdown=1,
         )
         self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
 
     def start(self) -> LoopbackServer:
+        """Serve from a background thread; after :meth:`stop`, serve again on the same port (an
+        outage that ends, with whatever the app keeps)."""
+        if self._sock.fileno() == -1:
+            self._bind(self.port)
+
         def run() -> None:
             loop = asyncio.new_event_loop()
             self.loop = loop

@@ -176,9 +176,9 @@ def test_a_gatekeeper_reference_round_trips_through_flow_parameters_and_old_ones
     again = ViolationRef.model_validate(ref.model_dump(mode="json"))
     assert again == ref and again.report.kind.api_version == CONSTRAINTS_API
     assert again.report.kind.plural == PLURAL and again.report.namespace is None
-    assert ref.identity[-1] == "Deployment/shop/b-web"
+    assert ref.identity[-2:] == ("Deployment/shop/b-web", "default")
     old = ViolationRef.model_validate({"report_name": "r", "report_namespace": "default", "policy": "p", "rule": "x",
                                        "report_kind": "policyreports"})
-    assert (old.source, old.report_kind, old.identity[-1]) == (Source.KYVERNO, "PolicyReport", "")
+    assert (old.source, old.report_kind, old.identity[-2:]) == (Source.KYVERNO, "PolicyReport", ("", "default"))
     with pytest.raises(ValueError, match="not a constraint kind"):
         ViolationRef(source=Source.GATEKEEPER, report_kind="k8s/../x", report_name=NAME, policy=KIND, rule=NAME)

@@ -111,6 +111,7 @@ def test_the_tags_are_exactly_what_the_pipeline_sent_plus_ours(
         "resource-kind": "Deployment",
         "resource-namespace": "default",
         "resource-name": "nginx-no-cpu",
+        "policyflow-cluster": "default",
     }
     assert len(tags["policyflow-key"]) == 16
     lookups = [r for r in testkube.requests if r.method == "GET" and "tagSelector" in r.query]

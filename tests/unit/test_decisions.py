@@ -215,7 +215,8 @@ def test_a_wait_backs_off_with_jitter_honours_retry_after_and_is_capped(attempt:
 def test_a_reference_names_tags_and_identifies_a_violation() -> None:
     ref = ViolationRef.of(violation())
     assert ref.title == "require-resources/require-resources-in-deployment default/Deployment/nginx-no-cpu"
-    assert ref.tags("smoke-nova") == ["policy:require-resources", "namespace:default", "workflow:smoke-nova"]
+    assert ref.tags("smoke-nova") == ["policy:require-resources", "namespace:default", "cluster:default",
+                                      "workflow:smoke-nova"]
     assert ViolationRef.model_validate(ref.model_dump()) == ref
     assert ViolationRef.model_validate(ref.model_dump()).identity == ref.identity
 

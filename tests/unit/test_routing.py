@@ -77,6 +77,7 @@ def test_execution_request_carries_the_tags_the_pipeline_sent_and_ours() -> None
         "resource-kind": "Deployment",
         "resource-namespace": "default",
         "resource-name": "nginx-no-cpu",
+        "policyflow-cluster": "default",
         "team": "a b",
     }
     assert body["config"] == {"url": "nginx-no-cpu"}

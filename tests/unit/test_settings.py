@@ -91,3 +91,53 @@ def test_failure_digest_settings_have_defaults_and_bounds(tmp_path: Path) -> Non
                         ("failure_log_max_bytes: 0\n", "failure_log_max_bytes")):
         with pytest.raises(ConfigError, match=field):
             settings.load({"config": str(write(tmp_path, text))})
+
+
+TWO_CLUSTERS = """
+testkube_url: http://testkube.example:8088
+namespaces: [apps]
+clusters:
+  - name: prod
+    context: prod-admin
+    testkube_org: tkcorg_1
+    testkube_env: tkcenv_prod
+    testkube_token_env: PROD_TESTKUBE_TOKEN
+  - name: staging
+    kubeconfig: /etc/staging.kubeconfig
+    namespaces: "team-*, apps"
+    testkube_url: http://staging-testkube:8088
+"""
+
+
+def test_clusters_inherit_what_they_leave_unset(tmp_path: Path) -> None:
+    s, _ = settings.load({"config": str(write(tmp_path, TWO_CLUSTERS))})
+    prod, staging = (s.for_cluster(spec) for spec in s.cluster_specs())
+    assert (prod.context, prod.namespaces, str(prod.testkube_url)) == ("prod-admin", ("apps",),
+                                                                       "http://testkube.example:8088/")
+    assert (prod.testkube_org, prod.testkube_env) == ("tkcorg_1", "tkcenv_prod")
+    assert (str(staging.kubeconfig), staging.namespaces) == ("/etc/staging.kubeconfig", ("team-*", "apps"))
+    assert (str(staging.testkube_url), staging.testkube_org) == ("http://staging-testkube:8088/", None)
+    assert prod.clusters == () and staging.clusters == ()
+
+
+def test_without_clusters_there_is_one_default_cluster_as_before(tmp_path: Path) -> None:
+    s, _ = settings.load({"config": str(write(tmp_path, "namespaces: [apps]\n")), "context": "ctx"})
+    (spec,) = s.cluster_specs()
+    assert spec.name == "default"
+    own = s.for_cluster(spec)
+    assert own.kube_options() == s.kube_options() and own.namespaces == ("apps",)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("clusters: [{name: Prod}]", "clusters.0.name: 'Prod' is not a cluster name"),
+    ("clusters: [{name: a}, {name: a}]", "cluster 'a' is named twice"),
+    ("clusters: [{name: a, in_cluster: true, context: x}]", "cluster a: in_cluster excludes kubeconfig"),
+    ("clusters: [{name: a, testkube_token_env: X, testkube_token_block: y}]", "not both"),
+    ("clusters: [{name: a, kubecontext: x}]", "clusters.0.kubecontext: unknown setting"),
+    ("clusters: [{context: x}]", "clusters.0.name: Field required"),
+])
+def test_bad_clusters_are_one_line_naming_the_mistake(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings.load({"config": str(write(tmp_path, text))})
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
