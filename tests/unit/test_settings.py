@@ -8,6 +8,7 @@ import pytest
 
 from policyflow import settings
 from policyflow.domain.errors import ConfigError
+from tests.specs import ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -141,3 +142,12 @@ def test_bad_clusters_are_one_line_naming_the_mistake(tmp_path: Path, text: str,
         settings.load({"config": str(write(tmp_path, text))})
     assert expected in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_the_readmes_two_cluster_two_engine_example_loads(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = readme[readme.index("Two clusters and both policy engines"):].split("```yaml\n", 1)[1].split("```")[0]
+    s, routing = settings.load({"config": str(write(tmp_path, example))})
+    assert [c.name for c in s.clusters] == ["prod", "staging"]
+    assert [source.value for source in s.sources] == ["kyverno", "gatekeeper"]
+    assert [r.name for r in routing.routes] == ["prod-gatekeeper", "everything-else"]
