@@ -49,7 +49,8 @@ def test_hostile_rule_and_message_stay_inert(
     (execution,) = testkube.executions
     tags = execution["tags"]
     assert set(tags) == {"PolicyViolationName", "policyflow-key", "policyflow-episode", "policy", "rule",
-                         "resource-kind", "resource-namespace", "resource-name", "rule-copy", "note"}
+                         "resource-kind", "resource-namespace", "resource-name", "rule-copy", "note",
+                         "policyflow-cluster"}
     assert tags["PolicyViolationName"] == created["metadata"]["name"]
     assert tags["policyflow-key"] != "forged" and len(tags["policyflow-key"]) == 16
     assert tags["rule"] == "check-cpu,policyflow-key=forged PolicyViolationName=evil"
