@@ -75,9 +75,9 @@ def measure(command: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, usage.ru_maxrss / 1024
 
 
-def populate(kube: KubeStandin, reports: int, *, handled: bool) -> list[dict[str, Any]]:
+def populate(kube: KubeStandin, reports: int, *, handled: bool, cluster: str = "default") -> list[dict[str, Any]]:
     """`reports` PolicyReports x 10 results; 5% of all results fail. With `handled`, every failure
-    already carries a finished record, as after earlier cycles."""
+    already carries a finished record, as after earlier cycles, keyed as `cluster` keys it."""
     rng = random.Random(42)
     base = TEMPLATE["results"][0]
     failing: list[dict[str, Any]] = []
@@ -96,7 +96,8 @@ def populate(kube: KubeStandin, reports: int, *, handled: bool) -> list[dict[str
                              "fail": sum(r["result"] == "fail" for r in results), "warn": 0, "error": 0, "skip": 0}
         if handled:
             annotations = {}
-            for v in parse_report(POLICY_REPORT, {**report, "metadata": {**report["metadata"], "uid": "x"}}).violations:
+            parsed = parse_report(POLICY_REPORT, {**report, "metadata": {**report["metadata"], "uid": "x"}})
+            for v in (found.in_cluster(cluster) for found in parsed.violations):
                 record = Record(key=v.key, policy=v.policy, rule=v.rule, resource=str(v.resource),
                                 status=Status.PASSED, episode=1, report_uid="x", updated=now, workflow="smoke-nova",
                                 execution="0" * 24, generation=1)
