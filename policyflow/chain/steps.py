@@ -227,7 +227,7 @@ async def annotate(deps: Deps, report: ReportRef, record: Record, violation: Vio
         await asyncio.to_thread(deps.journal.finished, final)
     namespace = violation.resource.namespace if violation else report.namespace
     metrics.count_outcome(metrics.Scope(policy=final.policy, rule=final.rule, namespace=namespace or "",
-                                        workflow=final.workflow or ""), final.status.value)
+                                        workflow=final.workflow or "", cluster=deps.cluster), final.status.value)
     if final.detected and final.status not in IN_FLIGHT:
         age = record_age(replace(final, updated=final.detected), deps.clock.now())
         if age is not None:
