@@ -97,16 +97,26 @@ class PrefectObserver:
 
 
 async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, int], *,
-                         key: str = "policy-watch-cycle") -> None:
-    """The table artifact of a poll run (keyed, so the Artifacts page keeps its versions)."""
+                         clusters: Sequence[tuple[str, str | None]] = (), key: str = "policy-watch-cycle") -> None:
+    """The table artifact of a poll run (keyed, so the Artifacts page keeps its versions).
+    ``clusters``, with several: each cluster's name and why it was down (None: up), said in the
+    description, so the page shows which clusters this cycle could see before any row is read."""
     rows: list[dict[str, Any]] = [
         {"violation": o.violation, "workflow": o.workflow or "", "execution": o.execution or "",
          "status": o.status.value, "duration_s": o.duration_s, "detail": o.detail}
         for o in outcomes
     ]
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+    if len(clusters) > 1:
+        summary = clusters_line(clusters) + "; " + summary
     await acreate_table_artifact(table=rows or [{"violation": "(nothing new)"}], key=key,
                                  description=f"One detection cycle: {summary}")
+
+
+def clusters_line(clusters: Sequence[tuple[str, str | None]]) -> str:
+    """``clusters: default up, staging DOWN (why)``: each cluster as this cycle saw it."""
+    return "clusters: " + ", ".join(f"{name} up" if down is None else f"{name} DOWN ({escape(down)})"
+                                    for name, down in clusters)
 
 
 #: (Prefect API, size) of the limit this process last made sure of.
