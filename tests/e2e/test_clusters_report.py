@@ -52,3 +52,34 @@ clusters:
     assert description.startswith(f"One detection cycle: clusters: default up, {OTHER} DOWN (")
     assert "unreachable" in description and "clusters_down=1" in description
     assert len(testkube.executions) == 1
+
+
+def test_history_reads_each_runs_record_from_its_own_cluster(
+    policyflow: Policyflow, kube: KubeStandin, testkube: TestkubeStandin, tmp_path: Path
+) -> None:
+    with KubeStandin(REPORT_CRDS) as other:
+        config = tmp_path / "clusters.yaml"
+        config.write_text(f"""
+clusters:
+  - name: default
+  - name: {OTHER}
+    kubeconfig: {other.write_kubeconfig(tmp_path / "other.kubeconfig")}
+""")
+        load_report(kube, resource=deploy(kube, "history-both"))
+        load_report(other, resource=deploy(other, "history-both"))
+        assert policyflow("run-once", "--config", str(config)).code == 0
+        executions = {e["tags"]["policyflow-cluster"]: e["name"] for e in testkube.executions}
+        assert sorted(executions) == ["default", OTHER]
+        result = policyflow("history", "--config", str(config))
+        assert result.code == 0, result.err
+        header, *rows = result.out.splitlines()
+        assert header.split()[:2] == ["violation", "cluster"]
+        for cluster, execution in executions.items():
+            (row,) = [r for r in rows if "history-both" in r and execution in r]
+            assert f" {cluster} " in row and "passed" in row, row
+        other.stop()
+        partial = policyflow("history", "--config", str(config))
+    assert partial.code == 3
+    assert f"cluster {OTHER}: down" in partial.err
+    (row,) = [r for r in partial.out.splitlines() if executions["default"] in r]
+    assert "passed" in row
