@@ -362,10 +362,12 @@ def run_check(settings: Settings, routing: RoutingTable, *, write: Callable[[str
         if any(not spec.own_testkube for spec in specs):
             testkube(settings)  # the shared target, once
         indent = "  "
-        for spec in specs:
+        # The one journal lives in the home cluster (the first): the others are not asked for it.
+        elsewhere = [p for p in needed() if p.namespace_setting != "journal_namespace"]
+        for index, spec in enumerate(specs):
             write(f"cluster {spec.name}")
             own = settings.for_cluster(spec)
-            for check in cluster_checks(own, in_cluster=spec.in_cluster):
+            for check in cluster_checks(own, None if index == 0 else elsewhere, in_cluster=spec.in_cluster):
                 emit(check)
             if spec.own_testkube:
                 testkube(_with_token(own, spec, emit))

@@ -319,11 +319,13 @@ def test_two_clusters_get_a_block_each_and_a_refusal_in_one_fails_the_check(
     assert all(line.startswith(f"  {OK} ") for line in default), default
     assert any("RBAC patch policyreports" in line for line in default)
     assert not any("Testkube" in line for line in default), "default uses the shared target, checked once"
+    assert any("RBAC patch configmaps" in line for line in default), "the journal, in the home cluster"
     staging_lines = found["staging"]
     (refused,) = [line for line in staging_lines if not line.startswith(f"  {OK} ")]
     assert refused.startswith(f"  {FAILED} RBAC patch policyreports") and "ClusterRole" in refused
     assert any(line.startswith(f"  {OK} Testkube: {staging_testkube.url}") for line in staging_lines)
     assert any(line.startswith(f"  {OK} TestWorkflow smoke-nova") for line in staging_lines)
+    assert not any("configmaps" in line for line in staging_lines), "no journal there"
 
 
 @pytest.mark.usefixtures("env")
