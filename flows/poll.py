@@ -75,7 +75,8 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
         summary.problems.extend(part.problems)
     summary.counters["clusters_down"] = sum(1 for part in parts if not part.up)
     summary.close()
-    await observe.cycle_artifact(summary.outcomes, summary.counters)
+    seen = [(cluster.cluster, part.down) for cluster, part in zip(deps.clusters, parts, strict=True)]
+    await observe.cycle_artifact(summary.outcomes, summary.counters, clusters=seen)
     changed = any(part.changed for part in parts)
     unchanged = parts[0].closed if len(parts) == 1 and not changed else None
     await publish_health(deps, unchanged, changed=changed, cycle_started=cycle_started)
@@ -89,6 +90,8 @@ class _ClusterPart(CycleSummary):
     """One cluster's part of a cycle."""
 
     up: bool = True
+    #: Why it was down (None while up).
+    down: str | None = None
     changed: bool = False
     #: The journal as its cluster's part read it (reused when nothing changed anywhere).
     closed: Closed | None = None
@@ -110,7 +113,7 @@ async def _cluster_cycle(deps: Deps, chain_deployment: str | None, batch_deploym
             f"no answer within {deps.settings.cluster_timeout:g} s")
         down = replace(unfinished_outcome("", f"cluster {deps.cluster}", None, reason), halt=False)
         log.warning("cluster %s is down this cycle: %s; its violations wait for it", deps.cluster, down.detail)
-        return _ClusterPart(outcomes=[down], problems=[f"{prefix}down: {down.detail}"], up=False)
+        return _ClusterPart(outcomes=[down], problems=[f"{prefix}down: {down.detail}"], up=False, down=down.detail)
     metrics.CLUSTER_UP.labels(cluster=deps.cluster).set(1)
     if scan.resolved:
         await record_resolved(deps, scan.resolved)

@@ -142,20 +142,14 @@ def _scan_clusters(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], dic
     from concurrent.futures import ThreadPoolExecutor
 
     from policyflow import settings as settings_module
-    from policyflow.clients.kube import KubeClient
-    from policyflow.scanning import scan_cluster
+    from policyflow.scanning import scan_spec
     from policyflow.settings import ClusterSpec
 
     settings, routing = settings_module.load(_overrides(args))
     specs = settings.cluster_specs()
 
     def one(spec: ClusterSpec) -> Any:
-        own = settings.for_cluster(spec)
-        kube = KubeClient.connect(**own.kube_options(), in_cluster=spec.in_cluster)
-        try:
-            return scan_cluster(kube, own, routing, now=datetime.now(UTC), cluster=spec.name)
-        finally:
-            kube.close()
+        return scan_spec(settings, spec, routing, now=datetime.now(UTC))
 
     with ThreadPoolExecutor(max_workers=len(specs)) as pool:
         futures = [(spec.name, pool.submit(one, spec)) for spec in specs]
@@ -409,9 +403,11 @@ def _history(args: argparse.Namespace) -> int:
     settings, routing = settings_module.load(_overrides(args))
     from policyflow.history import recent_history
 
-    rows = recent_history(settings, routing, limit=args.limit)
-    print(tabulate(rows, headers="keys") if rows else "no violation runs yet")
-    return 0
+    history = recent_history(settings, routing, limit=args.limit)
+    print(tabulate(history.rows, headers="keys") if history.rows else "no violation runs yet")
+    for name, why in history.down.items():
+        print(f"policyflow: cluster {name}: down: {why} (its runs show no record)", file=sys.stderr)
+    return EXIT_UNFINISHED if history.down else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Names follow the Prometheus conventions: counters end in ``_total``, durations are ``_seconds``.
 Read them with ``curl -s localhost:9464/metrics | grep ^policyflow_``. Labels stay bounded: policy,
-rule, namespace, workflow (and status, kind, age, reused); never a resource name or a violation key,
+rule, namespace, workflow, cluster (and status, kind, age, reused); never a resource name or a violation key,
 which would make one series per violation. deployments/observability/ holds the dashboard and the
 alerts built on these names.
 """
@@ -18,7 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.multiprocess import MultiProcessCollector
 
 #: The labels that say where a violation belongs, on every per-violation metric.
-SCOPE_LABELS = ("policy", "rule", "namespace", "workflow")
+#: ``cluster`` is there with one cluster too (``default``): the same resource in two clusters is
+#: two violations, and a dashboard or alert must not add them up as one.
+SCOPE_LABELS = ("policy", "rule", "namespace", "workflow", "cluster")
 
 VIOLATIONS_DETECTED = Counter(
     "policyflow_violations_detected_total", "New violation episodes found by a detection cycle"
@@ -100,9 +102,10 @@ class Scope:
     rule: str
     namespace: str
     workflow: str
+    cluster: str
 
     def labels(self) -> dict[str, str]:
-        return {"policy": self.policy, "rule": self.rule, "namespace": self.namespace, "workflow": self.workflow}
+        return dict(zip(SCOPE_LABELS, _values(self), strict=True))
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,7 @@ def mark_poll_succeeded(at: float | None = None) -> None:
 
 
 def _values(scope: Scope) -> tuple[str, ...]:
-    return (scope.policy, scope.rule, scope.namespace, scope.workflow)
+    return (scope.policy, scope.rule, scope.namespace, scope.workflow, scope.cluster)
 
 
 def _replace(gauge: Gauge, labelnames: tuple[str, ...], values: Mapping[tuple[str, ...], float]) -> None:

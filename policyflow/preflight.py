@@ -18,6 +18,12 @@ required check passed, else 1. What is checked, in order:
 * Testkube answers a GET that needs the token (``401``: the token is refused);
 * every TestWorkflow the routes name (templated names are known only per violation) exists.
 
+With several clusters (``clusters:``), the Prefect API and the top-level Testkube target (when a
+cluster uses it) are checked once, then each cluster gets a block: a ``cluster <name>`` heading and
+its own lines (it answers, its CRDs, its permissions as a SelfSubjectAccessReview to that cluster
+answers, and its own Testkube target when it has one). One cluster configured the old way prints as
+it always did.
+
 The token is never printed: it goes only into the Testkube client's headers.
 """
 
@@ -34,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import SecretStr
 
 from policyflow.clients.kube import KubeClient
 from policyflow.clients.testkube import TestkubeClient, TestkubeUnavailable, TokenRefusedError
@@ -42,7 +49,7 @@ from policyflow.domain.gatekeeper import CONSTRAINTS_GROUP, CONSTRAINTS_VERSION,
 from policyflow.domain.model import REPORT_KINDS, ReportKind, Source
 from policyflow.domain.permissions import Permission, needed
 from policyflow.domain.routing import RoutingTable
-from policyflow.settings import Settings
+from policyflow.settings import ClusterSpec, Settings
 
 OK, FAILED, OPTIONAL = "✓", "✗", "!"
 #: Seconds for the Prefect health check and for each request to the cluster.
@@ -156,10 +163,11 @@ def check_prefect(environ: Mapping[str, str] | None = None, *, timeout: float = 
 # --- the cluster ------------------------------------------------------------------------------------
 
 
-def cluster_checks(settings: Settings, permissions: list[Permission] | None = None) -> Iterator[Check]:
+def cluster_checks(settings: Settings, permissions: list[Permission] | None = None, *,
+                   in_cluster: bool = False) -> Iterator[Check]:
     """The cluster answers, serves the report CRDs and allows ``permissions`` (default: all of them)."""
     try:
-        kube = KubeClient.connect(**settings.kube_options())
+        kube = KubeClient.connect(**settings.kube_options(), in_cluster=in_cluster)
     except ConfigError as exc:
         yield Check("cluster", False, detail=str(exc))
         return
@@ -327,21 +335,55 @@ async def testkube_checks(settings: Settings, routing: RoutingTable) -> AsyncIte
 
 
 def run_check(settings: Settings, routing: RoutingTable, *, write: Callable[[str], None] = print) -> int:
-    """Run every check, writing one line per check as it completes and a summary; the exit status."""
+    """Run every check, writing one line per check as it completes and a summary; the exit status
+    (1 when a required check of any cluster failed)."""
     checks: list[Check] = []
+    indent = ""
 
     def emit(check: Check) -> None:
         checks.append(check)
-        write(format_check(check))
+        write(indent + format_check(check))
+
+    def testkube(own: Settings) -> None:
+        async def run() -> None:
+            async for check in testkube_checks(own, routing):
+                emit(check)
+
+        asyncio.run(run())
 
     emit(check_prefect())
-    for check in cluster_checks(settings):
-        emit(check)
-
-    async def testkube() -> None:
-        async for check in testkube_checks(settings, routing):
+    specs = settings.cluster_specs()
+    if len(specs) == 1:
+        own = settings.for_cluster(specs[0]) if settings.clusters else settings
+        for check in cluster_checks(own, in_cluster=specs[0].in_cluster):
             emit(check)
-
-    asyncio.run(testkube())
+        testkube(_with_token(own, specs[0], emit))
+    else:
+        if any(not spec.own_testkube for spec in specs):
+            testkube(settings)  # the shared target, once
+        indent = "  "
+        # The one journal lives in the home cluster (the first): the others are not asked for it.
+        elsewhere = [p for p in needed() if p.namespace_setting != "journal_namespace"]
+        for index, spec in enumerate(specs):
+            write(f"cluster {spec.name}")
+            own = settings.for_cluster(spec)
+            for check in cluster_checks(own, None if index == 0 else elsewhere, in_cluster=spec.in_cluster):
+                emit(check)
+            if spec.own_testkube:
+                testkube(_with_token(own, spec, emit))
+        indent = ""
     write(summary(checks))
     return exit_status(checks)
+
+
+def _with_token(own: Settings, spec: ClusterSpec, emit: Callable[[Check], None]) -> Settings:
+    """``own`` (a cluster's settings) with the token its ``testkube_token_env`` names, read from the
+    environment as serve would; an unset variable is a failed check (serve would refuse to start)."""
+    if not spec.testkube_token_env:
+        return own
+    token = os.environ.get(spec.testkube_token_env)
+    if not token:
+        emit(Check("Testkube token", False, detail=f"testkube_token_env {spec.testkube_token_env} is not set "
+                   "in the environment: set it, or fix the cluster's testkube_token_env"))
+        return own
+    return own.model_copy(update={"testkube_token": SecretStr(token)})

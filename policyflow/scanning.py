@@ -28,7 +28,7 @@ from policyflow.domain.reports import ViolationFilter, parse_report
 from policyflow.domain.routing import RoutedTest, RoutingTable
 from policyflow.domain.status import Status
 from policyflow.liveness import read_live_owners
-from policyflow.settings import Settings
+from policyflow.settings import ClusterSpec, Settings
 
 log = logging.getLogger(__name__)
 
@@ -294,3 +294,14 @@ def scan_report(
     scan.resolved.extend((parsed.ref, record) for record in plan.resolved)
     scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
     return scan
+
+
+def scan_spec(settings: Settings, spec: ClusterSpec, routing: RoutingTable, *, now: datetime) -> Scan:
+    """Connect to one configured cluster (``spec`` of ``settings``), scan it with its own settings
+    (namespace filters, target), and close the client: what read-only commands do per cluster."""
+    own = settings.for_cluster(spec)
+    kube = KubeClient.connect(**own.kube_options(), in_cluster=spec.in_cluster)
+    try:
+        return scan_cluster(kube, own, routing, now=now, cluster=spec.name)
+    finally:
+        kube.close()

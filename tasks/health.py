@@ -90,9 +90,11 @@ async def publish_health(deps: Deps, unchanged: Closed | None, *, changed: bool,
 
 
 def scope_of(lifecycle: Lifecycle) -> metrics.Scope:
-    """The metric labels of a violation: its policy, rule, namespace and workflow (never its resource)."""
+    """The metric labels of a violation: its policy, rule, namespace, workflow and cluster (never its
+    resource)."""
     who = lifecycle.identity
-    return metrics.Scope(policy=who.policy, rule=who.rule, namespace=who.namespace, workflow=who.workflow)
+    return metrics.Scope(policy=who.policy, rule=who.rule, namespace=who.namespace, workflow=who.workflow,
+                         cluster=who.cluster)
 
 
 def _publish_gauges(journal: Journal, *, now: datetime, cycle_started: datetime, flip_window: int) -> None:

@@ -30,13 +30,16 @@ EVENT_STARTED = "policyflow.test.started"
 EVENT_FINISHED = "policyflow.test.finished"
 
 
-def _resource(key: str, title: str, policy: str, rule: str, namespace: str | None) -> dict[str, str]:
+def _resource(key: str, title: str, policy: str, rule: str, namespace: str | None, cluster: str) -> dict[str, str]:
+    """The event's resource labels. ``policyflow.cluster`` is there for every cluster (``default``
+    too), so an automation can match one cluster's events without knowing how keys are made."""
     return {
         "prefect.resource.id": f"policyflow.violation.{key}",
         "prefect.resource.name": title,
         "policyflow.policy": policy,
         "policyflow.rule": rule,
         "policyflow.namespace": namespace or "",
+        "policyflow.cluster": cluster,
     }
 
 
@@ -45,18 +48,18 @@ def violation_detected(violation: Violation, episode: int) -> None:
     emit_event(
         EVENT_DETECTED,
         resource=_resource(violation.key, violation.title, violation.policy, violation.rule,
-                           violation.resource.namespace),
+                           violation.resource.namespace, violation.cluster),
         payload={"episode": episode, "severity": violation.severity, "report": str(violation.report),
                  "message": violation.message[:1000]},
     )
 
 
-def _emit_test_event(name: str, record: Record, *, namespace: str | None, url: str | None = None,
+def _emit_test_event(name: str, record: Record, *, namespace: str | None, cluster: str, url: str | None = None,
                      digest: FailureDigest | None = None) -> None:
     """Emit ``policyflow.test.started`` / ``policyflow.test.finished`` (status in the resource labels,
     so an automation can match ``policyflow.status: failed`` without code)."""
     resource = _resource(record.key, f"{record.policy}/{record.rule} {record.resource}", record.policy,
-                         record.rule, namespace)
+                         record.rule, namespace, cluster)
     resource["policyflow.status"] = record.status.value
     resource["policyflow.workflow"] = record.workflow or ""
     emit_event(
@@ -72,12 +75,12 @@ class PrefectObserver:
     """What a chain tells Prefect: ``policyflow.test.*`` events (automations match on them) and the
     violation run's artifact (the chain's :class:`~policyflow.chain.deps.Observer`)."""
 
-    def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
-        _emit_test_event(EVENT_STARTED, record, namespace=namespace, url=url)
+    def test_started(self, record: Record, *, namespace: str | None, cluster: str, url: str | None) -> None:
+        _emit_test_event(EVENT_STARTED, record, namespace=namespace, cluster=cluster, url=url)
 
-    def test_finished(self, record: Record, *, namespace: str | None, url: str | None,
+    def test_finished(self, record: Record, *, namespace: str | None, cluster: str, url: str | None,
                       digest: FailureDigest | None = None) -> None:
-        _emit_test_event(EVENT_FINISHED, record, namespace=namespace, url=url, digest=digest)
+        _emit_test_event(EVENT_FINISHED, record, namespace=namespace, cluster=cluster, url=url, digest=digest)
 
     async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None,
                                  digest: FailureDigest | None = None) -> None:
@@ -94,16 +97,26 @@ class PrefectObserver:
 
 
 async def cycle_artifact(outcomes: Sequence[ChainOutcome], counters: dict[str, int], *,
-                         key: str = "policy-watch-cycle") -> None:
-    """The table artifact of a poll run (keyed, so the Artifacts page keeps its versions)."""
+                         clusters: Sequence[tuple[str, str | None]] = (), key: str = "policy-watch-cycle") -> None:
+    """The table artifact of a poll run (keyed, so the Artifacts page keeps its versions).
+    ``clusters``, with several: each cluster's name and why it was down (None: up), said in the
+    description, so the page shows which clusters this cycle could see before any row is read."""
     rows: list[dict[str, Any]] = [
         {"violation": o.violation, "workflow": o.workflow or "", "execution": o.execution or "",
          "status": o.status.value, "duration_s": o.duration_s, "detail": o.detail}
         for o in outcomes
     ]
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counters.items()))
+    if len(clusters) > 1:
+        summary = clusters_line(clusters) + "; " + summary
     await acreate_table_artifact(table=rows or [{"violation": "(nothing new)"}], key=key,
                                  description=f"One detection cycle: {summary}")
+
+
+def clusters_line(clusters: Sequence[tuple[str, str | None]]) -> str:
+    """``clusters: default up, staging DOWN (why)``: each cluster as this cycle saw it."""
+    return "clusters: " + ", ".join(f"{name} up" if down is None else f"{name} DOWN ({escape(down)})"
+                                    for name, down in clusters)
 
 
 #: (Prefect API, size) of the limit this process last made sure of.

@@ -35,10 +35,11 @@ from policyflow.settings import Settings
 class Observer(Protocol):
     """Where a chain says what it did, besides the cluster: Prefect events and artifacts."""
 
-    def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
-        """A violation's test run started (or was found again)."""
+    def test_started(self, record: Record, *, namespace: str | None, cluster: str, url: str | None) -> None:
+        """A violation's test run started (or was found again) in ``cluster`` (a record does not
+        carry its cluster: the chain's deps know it)."""
 
-    def test_finished(self, record: Record, *, namespace: str | None, url: str | None,
+    def test_finished(self, record: Record, *, namespace: str | None, cluster: str, url: str | None,
                       digest: FailureDigest | None = None) -> None:
         """A violation's chain wrote its final record (``digest``: why its test did not pass)."""
 

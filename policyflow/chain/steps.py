@@ -143,7 +143,7 @@ async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered
     metrics.TRIGGERS_STARTED.labels(reused=str(reused).lower()).inc()
     if not reused:
         metrics.observe_trigger_lag(routed.workflow, trigger_lag(violation, claim, deps.clock.now()))
-    deps.observer.test_started(record, namespace=violation.resource.namespace,
+    deps.observer.test_started(record, namespace=violation.resource.namespace, cluster=deps.cluster,
                                url=deps.execution_link(execution.workflow or routed.workflow, execution.id))
     story(log, violation.title, "%s TestWorkflow %s execution %s (id %s): %s",
           "found the earlier attempt's" if reused else "started", routed.workflow, execution.name, execution.id,
@@ -227,13 +227,13 @@ async def annotate(deps: Deps, report: ReportRef, record: Record, violation: Vio
         await asyncio.to_thread(deps.journal.finished, final)
     namespace = violation.resource.namespace if violation else report.namespace
     metrics.count_outcome(metrics.Scope(policy=final.policy, rule=final.rule, namespace=namespace or "",
-                                        workflow=final.workflow or ""), final.status.value)
+                                        workflow=final.workflow or "", cluster=deps.cluster), final.status.value)
     if final.detected and final.status not in IN_FLIGHT:
         age = record_age(replace(final, updated=final.detected), deps.clock.now())
         if age is not None:
             metrics.DETECTION_TO_RESULT.observe(age)
     url = deps.execution_link(final.workflow or "", final.execution) if final.execution else None
-    deps.observer.test_finished(final, namespace=namespace, url=url, digest=digest)
+    deps.observer.test_finished(final, namespace=namespace, cluster=deps.cluster, url=url, digest=digest)
     if written:
         event = f"; Event {REASONS.get(final.status, 'PolicyTest')} on {violation.resource}" if violation else ""
         story(log, f"{final.policy}/{final.rule} {final.resource}", "recorded %s on %s (annotation %s)%s",

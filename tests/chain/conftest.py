@@ -29,13 +29,17 @@ class Heard:
 
     said: list[tuple[str, str]] = field(default_factory=list)
     digests: list[FailureDigest | None] = field(default_factory=list)
+    #: The cluster each test event was told of, in order.
+    clusters: list[str] = field(default_factory=list)
 
-    def test_started(self, record: Record, *, namespace: str | None, url: str | None) -> None:
+    def test_started(self, record: Record, *, namespace: str | None, cluster: str, url: str | None) -> None:
         self.said.append(("started", record.status.value))
+        self.clusters.append(cluster)
 
-    def test_finished(self, record: Record, *, namespace: str | None, url: str | None,
+    def test_finished(self, record: Record, *, namespace: str | None, cluster: str, url: str | None,
                       digest: FailureDigest | None = None) -> None:
         self.said.append(("finished", record.status.value))
+        self.clusters.append(cluster)
         self.digests.append(digest)
 
     async def violation_artifact(self, violation: Violation, record: Record, *, url: str | None,

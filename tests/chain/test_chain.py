@@ -47,6 +47,7 @@ def test_a_new_failure_runs_one_test_and_records_its_outcome(
     assert (record["status"], record["execution"], record.get("owner")) == ("passed", execution["id"], None)
     assert record["route"] == route_digest(RoutedTest("default", "smoke-nova", {}, {}))
     assert heard.said == [("started", "queued"), ("finished", "passed")]
+    assert heard.clusters == ["default", "default"]
 
     again = chain(make_deps, ref_of(failing))
     assert (again.status, again.detail) == (Outcome.PASSED, "handled (passed)")

@@ -25,10 +25,11 @@ def emitted_resource(status: Status, monkeypatch: pytest.MonkeyPatch) -> dict[st
                         lambda event, resource, **kw: captured.append({"event": event, "resource": resource}))
     record = Record(key="0123456789abcdef", policy="require-resources", rule="r", resource="default/Deployment/x",
                     status=status, episode=1, report_uid="u", updated="", workflow="smoke-nova")
-    observe.PrefectObserver().test_finished(record, namespace="default", url=None)
+    observe.PrefectObserver().test_finished(record, namespace="default", cluster="default", url=None)
     (event,) = captured
     assert event["event"] == "policyflow.test.finished"
     resource: dict[str, str] = event["resource"]
+    assert resource["policyflow.cluster"] == "default"
     return resource
 
 

@@ -19,7 +19,7 @@ from policyflow.preflight import FAILED, OK, OPTIONAL, PREFECT_NOT_SET, run_chec
 from policyflow.settings import load
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.specs import BOTH_SOURCES_CRDS, CRDS
+from tests.specs import BOTH_SOURCES_CRDS, CRDS, REPORT_CRDS, TESTKUBE_OPENAPI
 
 pytestmark = pytest.mark.e2e
 
@@ -261,3 +261,87 @@ def test_kyverno_only_clusters_get_no_gatekeeper_lines_unless_it_is_named(monkey
     assert line == (f"{FAILED} CRDs constraints.gatekeeper.sh: not served (constraints.gatekeeper.sh/v1beta1), but "
                     "sources names gatekeeper: install OPA Gatekeeper, or drop gatekeeper from sources")
     assert not [line for line in lines if "wgpolicyk8s.io" in line and line.startswith(FAILED)]
+
+
+# --- several clusters -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def staging_testkube() -> Iterator[TestkubeStandin]:
+    """The staging cluster's own Testkube agent, with its own copy of smoke-nova."""
+    with TestkubeStandin(openapi_spec=TESTKUBE_OPENAPI, workflows=["smoke-nova"]) as server:
+        yield server
+
+
+def two_clusters(tmp_path: Path, staging: KubeStandin, testkube: TestkubeStandin, token_env: str = "") -> Path:
+    """``default`` (the top-level kubeconfig and Testkube) and ``staging``, with a Testkube of its own."""
+    config = tmp_path / "clusters.yaml"
+    token = f"\n    testkube_token_env: {token_env}" if token_env else ""
+    config.write_text(f"""
+clusters:
+  - name: default
+  - name: staging
+    kubeconfig: {staging.write_kubeconfig(tmp_path / "staging.kubeconfig")}
+    testkube_url: {testkube.url}{token}
+""")
+    return config
+
+
+def blocks(lines: list[str]) -> dict[str, list[str]]:
+    """The lines before the first cluster heading (under ""), and each cluster's block by name."""
+    found: dict[str, list[str]] = {"": []}
+    current = ""
+    for line in lines[:-1]:
+        if line.startswith("cluster "):
+            current = line.removeprefix("cluster ")
+            found[current] = []
+        else:
+            found[current].append(line)
+    return found
+
+
+@pytest.mark.usefixtures("env")
+def test_two_clusters_get_a_block_each_and_a_refusal_in_one_fails_the_check(
+    tmp_path: Path, testkube: TestkubeStandin, staging_testkube: TestkubeStandin
+) -> None:
+    with KubeStandin(REPORT_CRDS) as staging:
+        staging.deny(verb="patch", group="wgpolicyk8s.io", resource="policyreports")
+        code, lines = check(two_clusters(tmp_path, staging, staging_testkube))
+    assert code == 1, lines
+    assert lines[-1] == "1 required check failed"
+    found = blocks(lines)
+    assert list(found) == ["", "default", "staging"], lines
+    shared = found[""]
+    assert [line.split(":")[0] for line in shared] == [f"{OK} Prefect API", f"{OK} Testkube",
+                                                       f"{OK} TestWorkflow smoke-nova"], "shared checks once"
+    assert testkube.url in shared[1]
+    default = found["default"]
+    assert all(line.startswith(f"  {OK} ") for line in default), default
+    assert any("RBAC patch policyreports" in line for line in default)
+    assert not any("Testkube" in line for line in default), "default uses the shared target, checked once"
+    assert any("RBAC patch configmaps" in line for line in default), "the journal, in the home cluster"
+    staging_lines = found["staging"]
+    (refused,) = [line for line in staging_lines if not line.startswith(f"  {OK} ")]
+    assert refused.startswith(f"  {FAILED} RBAC patch policyreports") and "ClusterRole" in refused
+    assert any(line.startswith(f"  {OK} Testkube: {staging_testkube.url}") for line in staging_lines)
+    assert any(line.startswith(f"  {OK} TestWorkflow smoke-nova") for line in staging_lines)
+    assert not any("configmaps" in line for line in staging_lines), "no journal there"
+
+
+@pytest.mark.usefixtures("env")
+def test_a_cluster_that_is_down_fails_its_own_block_only(
+    tmp_path: Path, staging_testkube: TestkubeStandin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STAGING_TESTKUBE_TOKEN", raising=False)
+    with KubeStandin(REPORT_CRDS) as staging:
+        config = two_clusters(tmp_path, staging, staging_testkube, token_env="STAGING_TESTKUBE_TOKEN")
+    code, lines = check(config)
+    assert code == 1, lines
+    found = blocks(lines)
+    assert all(line.startswith(("  " + OK, OK)) for line in found[""] + found["default"]), lines
+    failed = [line for line in found["staging"] if line.startswith(f"  {FAILED} ")]
+    assert [line.split(":")[0] for line in failed] == [f"  {FAILED} cluster", f"  {FAILED} Testkube token"], lines
+    assert "unreachable" in failed[0]
+    assert "STAGING_TESTKUBE_TOKEN is not set" in failed[1]
+    assert not [line for line in found["staging"] if "RBAC" in line or "CRD" in line]
+    assert lines[-1] == "2 required checks failed"

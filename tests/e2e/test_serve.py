@@ -169,7 +169,7 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     assert f"[{execution['name']}](<" in violation_md.data
 
     passed = {"status": "passed", "policy": "require-resources", "rule": "require-resources-in-deployment",
-              "namespace": "default", "workflow": "smoke-nova"}
+              "namespace": "default", "workflow": "smoke-nova", "cluster": "default"}
     body = wait_until("metrics", lambda: _metrics_with(served["metrics"], "policyflow_outcomes_total", passed),
                       timeout=120)
     assert 'policyflow_violations_detected_total 1.0' in body
@@ -191,6 +191,7 @@ def test_a_scheduled_poll_creates_a_named_tagged_violation_run_with_artifacts(
     assert names >= {"policyflow.violation.detected", "policyflow.test.started", "policyflow.test.finished"}
     finished = next(e for e in events if e["event"] == "policyflow.test.finished")
     assert finished["resource"]["policyflow.status"] == "passed"
+    assert finished["resource"]["policyflow.cluster"] == "default"
     assert finished["payload"]["execution"] == execution["id"]
 
     # A scheduled poll that started after the violation's run had finished: nothing new, no second run.

@@ -30,7 +30,7 @@ def test_it_imports_with_a_prometheus_input_and_a_data_source_variable() -> None
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     assert variables["datasource"]["current"]["value"] == "${DS_PROMETHEUS}"
-    for name in ("policy", "namespace"):
+    for name in ("cluster", "policy", "namespace"):
         assert variables[name]["includeAll"] and variables[name]["multi"], name
         assert variables[name]["allValue"] == ".*", f"{name}: All as one regex, not a list of every value"
 
@@ -85,12 +85,12 @@ def test_rates_are_over_counters_and_quantiles_sum_by_le(where: str, expr: str) 
 
 
 @pytest.mark.parametrize(("where", "expr"), panel_expressions().items())
-def test_per_violation_panels_follow_the_policy_and_namespace_variables(where: str, expr: str) -> None:
+def test_per_violation_panels_follow_the_cluster_policy_and_namespace_variables(where: str, expr: str) -> None:
     scoped = ("policyflow_violations_open", "policyflow_violation_", "policyflow_outcomes_total",
               "policyflow_violations_re")
     for selector in re.findall(r"(policyflow_\w+)(\{[^}]*\})?", expr):
         if selector[0].startswith(scoped):
-            assert 'policy=~"$policy"' in selector[1] and 'namespace=~"$namespace"' in selector[1], \
+            assert all(f'{name}=~"${name}"' in selector[1] for name in ("cluster", "policy", "namespace")), \
                 f"{where}: {selector[0]} ignores the dashboard's variables"
 
 
@@ -104,7 +104,7 @@ def test_variables_become_concrete_promql() -> None:
 
 def test_variable_queries_are_label_values_of_a_policyflow_metric() -> None:
     queries = variable_queries()
-    assert {"policy", "namespace"} <= set(queries)
+    assert {"cluster", "policy", "namespace"} <= set(queries)
     for name, query in queries.items():
         selector, label = label_values(query)
         assert selector.startswith("policyflow_"), name

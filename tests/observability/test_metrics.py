@@ -31,8 +31,8 @@ def _value(name: str, **labels: str) -> float | None:
 
 
 def test_in_one_process_a_scope_that_closed_drops_to_zero_and_buckets_add_up() -> None:
-    stays = Scope("p-inproc", "r", "ns-a", "wf")
-    closes = Scope("p-inproc", "r", "ns-b", "wf")
+    stays = Scope("p-inproc", "r", "ns-a", "wf", "default")
+    closes = Scope("p-inproc", "r", "ns-b", "wf", "staging")
     metrics.set_open_violations([OpenViolation(stays, 10), OpenViolation(stays, 7200), OpenViolation(stays, 7300),
                                  OpenViolation(closes, 700000)])
     assert _value("policyflow_violations_open", **stays.labels(), age="lt1d") == 2
@@ -52,7 +52,7 @@ def test_in_one_process_a_scope_that_closed_drops_to_zero_and_buckets_add_up() -
 
 
 def test_counters_and_histograms_carry_the_scope() -> None:
-    scope = Scope("p-count", "r", "ns", "wf")
+    scope = Scope("p-count", "r", "ns", "wf", "staging")
     metrics.observe_resolved(scope, 90)
     metrics.count_reopened(scope)
     metrics.count_outcome(scope, "failed")
@@ -83,7 +83,7 @@ def _run_in_a_process_of_its_own(directory: Path, step: str) -> None:
 
 def test_across_processes_the_latest_run_wins_and_series_it_did_not_see_drop_to_zero(tmp_path: Path) -> None:
     """Two served runs, one after the other, both exited: what ``policyflow serve`` then exposes."""
-    a, b = ["p", "r", "ns-a", "wf"], ["p", "r", "ns-b", "wf"]
+    a, b = ["p", "r", "ns-a", "wf", "default"], ["p", "r", "ns-b", "wf", "default"]
     _run_in_a_process_of_its_own(tmp_path, f'{{"open": [[{a}, 30], [{a}, 7200], [{b}, 900000]], '
                                            f'"flips": [[{a}, 0.5], [{b}, 1.0]], "polled": 2000}}'.replace("'", '"'))
     _run_in_a_process_of_its_own(tmp_path, f'{{"open": [[{a}, 40]], "flips": [[{a}, 0.25]], '
@@ -93,7 +93,7 @@ def test_across_processes_the_latest_run_wins_and_series_it_did_not_see_drop_to_
                for s in family.samples}
 
     def value(name: str, scope: list[str], **extra: str) -> float:
-        labels = dict(zip(("policy", "rule", "namespace", "workflow"), scope, strict=True)) | extra
+        labels = dict(zip(("policy", "rule", "namespace", "workflow", "cluster"), scope, strict=True)) | extra
         return samples[(name, tuple(sorted(labels.items())))]
 
     assert value("policyflow_violations_open", a, age="lt1h") == 1

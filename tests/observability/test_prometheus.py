@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.e2e]
 #: has data, this test fails and asks for the name to be taken off the list.
 PENDING_WIRING: frozenset[str] = frozenset()
 #: The served violations' labels, for the dashboard's variables set to one value each.
-CHOSEN = {"policy": "require-resources", "namespace": "default", "workflow": "smoke-nova"}
+CHOSEN = {"cluster": "default", "policy": "require-resources", "namespace": "default", "workflow": "smoke-nova"}
 SELECTOR = re.compile(r"\b(policyflow_\w+)(\{[^}]*\})?")
 
 
