@@ -60,9 +60,8 @@ async def annotate_report(deps: Deps, report: ReportRef, record: Record, violati
                           digest: FailureDigest | None = None) -> Record:
     """Write the final record onto the report, an Event onto the failing resource (when known), and
     the run's artifact of the violation's test."""
-    final = await DirectSteps(deps).annotate(report, record, violation, digest)
+    final, url = await DirectSteps(deps).annotate_linked(report, record, violation, digest)
     if violation is not None and final.execution:
-        url = deps.execution_link(final.workflow or "", final.execution)
         await deps.observer.violation_artifact(violation, final, url=url, digest=digest)
     return final
 

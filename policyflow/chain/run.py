@@ -82,9 +82,14 @@ class DirectSteps:
 
     async def annotate(self, report: ReportRef, record: Record, violation: Violation | None,
                        digest: FailureDigest | None = None) -> Record:
-        final, _ = await self.deps.retry.run(lambda: steps.annotate(self.deps, report, record, violation, digest),
-                                             what=f"annotate-report {record.policy}/{record.rule}", log=log)
+        final, _ = await self.annotate_linked(report, record, violation, digest)
         return final
+
+    async def annotate_linked(self, report: ReportRef, record: Record, violation: Violation | None,
+                              digest: FailureDigest | None = None) -> tuple[Record, str | None]:
+        """annotate-report, answering the execution's link too (the task's artifact shows it)."""
+        return await self.deps.retry.run(lambda: steps.annotate(self.deps, report, record, violation, digest),
+                                         what=f"annotate-report {record.policy}/{record.rule}", log=log)
 
 
 async def run_chain(ref: ViolationRef, deps: Deps, run: Steps, mode: RunMode | None = None, *,

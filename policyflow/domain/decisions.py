@@ -57,6 +57,9 @@ class Fetched:
     labels: dict[str, str] | None = None
     generation: int | None = None
     gone_reason: str = ""
+    #: The failure is not listed, but its source may only have cut it (a truncated Gatekeeper audit
+    #: list): nothing is resolved, the record keeps its meaning.
+    unsure: bool = False
 
     @property
     def title(self) -> str:
@@ -133,10 +136,9 @@ def unlisted(ref: ViolationRef, constraint: ParsedConstraint, record: Record | N
     """What fetch found when an incomplete constraint (its audit list truncated, unreadable, or not
     written yet) does not list the failure: it may only have been cut from the list, so it is not
     gone. A started test is still awaited and recorded; nothing else is written."""
-    keep = record if record is not None and record.status in IN_FLIGHT and record.execution else None
     listed = (f"audit listed {constraint.listed} of {constraint.total_violations} violations"
               if constraint.truncated else "its audit status is incomplete")
-    return Fetched(ref, None, None, keep, constraint.resource_version,
+    return Fetched(ref, None, None, record, constraint.resource_version, unsure=True,
                    gone_reason=f"{constraint.ref} does not list this failure, but {listed}: left as recorded")
 
 
@@ -182,10 +184,26 @@ def replan_after_route_change(planned: Planned, routed: RoutedTest | None) -> Pl
     return replace(planned, action=Action.RESUME, reason="its route changed since its error")
 
 
+def _unsure(fetched: Fetched) -> NextStep:
+    """After fetch, for a failure its source may only have cut from the list: a started test is
+    awaited and recorded; a record ends the chain with its own status (nothing resolved); with no
+    record nothing was tested, so it is left for the cycle that lists it again."""
+    record = fetched.record
+    if record is not None and record.status in IN_FLIGHT and record.execution:
+        return NextStep(resume=resumed(record))
+    if record is not None:
+        return NextStep(outcome=ChainOutcome(record.key, fetched.title, record.workflow, record.execution_name,
+                                             Outcome.of(record.status), detail=fetched.gone_reason))
+    return NextStep(outcome=ChainOutcome("", fetched.title, None, None, Outcome.UNFINISHED,
+                                         detail=f"{fetched.gone_reason}; the cycle that lists it again tests it"))
+
+
 def next_step(fetched: Fetched, routing: RoutingTable) -> NextStep:
     """What the chain does after fetch-violation."""
     violation, planned, record = fetched.violation, fetched.planned, fetched.record
     title = fetched.title
+    if violation is None and fetched.unsure:
+        return _unsure(fetched)
     if violation is None:
         if record is None:
             return NextStep(outcome=ChainOutcome("", title, None, None, Outcome.RESOLVED, detail=fetched.gone_reason))

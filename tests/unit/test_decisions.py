@@ -129,6 +129,22 @@ def test_next_step_leaves_busy_and_handled_and_reports_unrouted() -> None:
     assert unrouted.outcome is not None and unrouted.outcome.status is Outcome.UNROUTED
 
 
+@pytest.mark.parametrize(("rec", "resumes", "outcome"), [
+    (record(Status.RUNNING), True, None),  # a started test is still awaited and recorded
+    (record(Status.PASSED), False, Outcome.PASSED),  # tested: ends with its record's status
+    (record(Status.PENDING, execution=None), False, Outcome.PENDING),  # claimed, not started
+    (None, False, Outcome.UNFINISHED),  # never tested: left for the cycle that lists it again
+])
+def test_a_failure_only_maybe_cut_from_its_list_is_never_called_resolved(
+        rec: Record | None, resumes: bool, outcome: Outcome | None) -> None:
+    unsure = Fetched(ViolationRef.of(violation()), None, None, rec, "7", unsure=True, gone_reason="not listed")
+    step = next_step(unsure, RoutingTable(default_workflow="smoke-nova"))
+    assert step.resolve is None and (step.resume is not None) is resumes
+    assert (step.outcome.status if step.outcome else None) is outcome
+    gone = next_step(replace(unsure, unsure=False), RoutingTable(default_workflow="smoke-nova"))
+    assert gone.resume is not None or gone.resolve is not None or gone.outcome.status is Outcome.RESOLVED
+
+
 # --- what a failed trigger means --------------------------------------------------------------------
 
 CASES = [
