@@ -33,7 +33,7 @@ import asyncio
 import os
 import ssl
 import tomllib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -90,12 +90,15 @@ def exit_status(checks: Iterable[Check]) -> int:
     return 1 if any(check.fails for check in checks) else 0
 
 
-def summary(checks: Iterable[Check]) -> str:
-    """The last line: how many required checks failed and how many optional ones."""
+def summary(checks: Iterable[Check], *, failing_clusters: Sequence[str] = ()) -> str:
+    """The last line: how many required checks failed (and in which clusters, when there are
+    several) and how many optional ones."""
     checks = list(checks)
     failed = sum(1 for c in checks if c.fails)
     optional = sum(1 for c in checks if not c.ok and not c.required)
     head = f"{failed} required check{'s' if failed != 1 else ''} failed" if failed else "all required checks passed"
+    if failed and failing_clusters:
+        head += f" (cluster{'s' if len(failing_clusters) != 1 else ''} {', '.join(failing_clusters)})"
     return head + (f" ({optional} optional check{'s' if optional != 1 else ''} did not)" if optional else "")
 
 
@@ -338,6 +341,7 @@ def run_check(settings: Settings, routing: RoutingTable, *, write: Callable[[str
     """Run every check, writing one line per check as it completes and a summary; the exit status
     (1 when a required check of any cluster failed)."""
     checks: list[Check] = []
+    failing: list[str] = []  # the clusters with a failed required check, when there are several
     indent = ""
 
     def emit(check: Check) -> None:
@@ -366,13 +370,16 @@ def run_check(settings: Settings, routing: RoutingTable, *, write: Callable[[str
         elsewhere = [p for p in needed() if p.namespace_setting != "journal_namespace"]
         for index, spec in enumerate(specs):
             write(f"cluster {spec.name}")
+            before = len(checks)
             own = settings.for_cluster(spec)
             for check in cluster_checks(own, None if index == 0 else elsewhere, in_cluster=spec.in_cluster):
                 emit(check)
             if spec.own_testkube:
                 testkube(_with_token(own, spec, emit))
+            if any(check.fails for check in checks[before:]):
+                failing.append(spec.name)
         indent = ""
-    write(summary(checks))
+    write(summary(checks, failing_clusters=failing))
     return exit_status(checks)
 
 

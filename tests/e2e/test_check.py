@@ -308,7 +308,7 @@ def test_two_clusters_get_a_block_each_and_a_refusal_in_one_fails_the_check(
         staging.deny(verb="patch", group="wgpolicyk8s.io", resource="policyreports")
         code, lines = check(two_clusters(tmp_path, staging, staging_testkube))
     assert code == 1, lines
-    assert lines[-1] == "1 required check failed"
+    assert lines[-1] == "1 required check failed (cluster staging)"
     found = blocks(lines)
     assert list(found) == ["", "default", "staging"], lines
     shared = found[""]
@@ -344,4 +344,4 @@ def test_a_cluster_that_is_down_fails_its_own_block_only(
     assert "unreachable" in failed[0]
     assert "STAGING_TESTKUBE_TOKEN is not set" in failed[1]
     assert not [line for line in found["staging"] if "RBAC" in line or "CRD" in line]
-    assert lines[-1] == "2 required checks failed"
+    assert lines[-1] == "2 required checks failed (cluster staging)"
