@@ -6,6 +6,11 @@ failure was noticed: each chain re-reads its report, claims its episode with a c
 looks its execution up by tag before starting one. A full ``policy-watch`` cycle runs at start
 (catch-up: what changed while nobody watched), after a 410 Gone (the watch fell too far behind: list
 again) and every ``resync`` seconds (resource changes, anything a watch might have missed).
+
+With several clusters, every cluster's report kinds are followed, each by its own threads, and a
+change is scanned and its chain run with that cluster's dependencies. A cluster that cannot be read
+when the watches start is left to the full cycles, and the next resync comes within
+:data:`UNFOLLOWED_RESYNC_SECONDS` to follow it again: one cluster down never holds the others' watches.
 """
 
 from __future__ import annotations
@@ -33,15 +38,21 @@ from policyflow.scanning import scan_report
 
 log = logging.getLogger("policyflow.watch")
 
-Event = tuple[ReportKind, dict[str, Any]]
+#: A report's change, with the dependencies of the cluster it happened in.
+Event = tuple[Deps, ReportKind, dict[str, Any]]
+
+#: How soon the next resync comes when a cluster could not be followed (it is watched from then).
+UNFOLLOWED_RESYNC_SECONDS = 60.0
 
 
 class _Follower(threading.Thread):
-    """One report kind's watch, in a thread (the client is blocking), feeding the event loop's queue."""
+    """One report kind's watch in one cluster, in a thread (the client is blocking), feeding the
+    event loop's queue."""
 
     def __init__(self, deps: Deps, kind: ReportKind, version: str, loop: asyncio.AbstractEventLoop,
                  queue: asyncio.Queue[Event], expired: threading.Event) -> None:
-        super().__init__(name=f"watch-{kind.plural}", daemon=True)
+        super().__init__(name=f"watch-{deps.cluster}-{kind.plural}", daemon=True)
+        self.deps = deps
         self.kube, self.kind, self.version, self.selector = deps.kube, kind, version, deps.settings.report_selector
         self.retry: RetryPolicy = deps.retry
         self.loop, self.queue, self.expired = loop, queue, expired
@@ -56,7 +67,7 @@ class _Follower(threading.Thread):
                     failures = 0
                     self.version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
                     if kind_of in ("ADDED", "MODIFIED") and not self.stopped.is_set():
-                        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.kind, obj))
+                        self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.deps, self.kind, obj))
             except WatchExpired as exc:
                 log.info("%s; listing again", exc)
                 self.expired.set()
@@ -65,35 +76,54 @@ class _Follower(threading.Thread):
                 # A watch is never given up: the retry policy's backoff, capped, for as long as it takes.
                 wait = self.retry.delay_for(min(failures, self.retry.retries), exc, chance=0.5)
                 failures += 1
-                log.warning("watch of %s: %s; watching again in %.1f s", self.kind.plural, exc, wait)
+                where = f" in cluster {self.deps.cluster}" if len(self.deps.clusters) > 1 else ""
+                log.warning("watch of %s%s: %s; watching again in %.1f s", self.kind.plural, where, exc, wait)
                 self.stopped.wait(wait)
 
 
 async def watch(deps: Deps, *, resync_seconds: float = 600.0, chain_deployment: str | None = None,
                 batch_deployment: str | None = None, max_cycles: int | None = None) -> None:
     """Watch until interrupted (or, for tests, until ``max_cycles`` resyncs have started)."""
-    kube, settings = deps.kube, deps.settings
-    kinds = [k for k in REPORT_KINDS if await asyncio.to_thread(kube.is_served, k)
-             and (k.namespaced or settings.cluster_reports)]
     loop = asyncio.get_running_loop()
     cycles = 0
     while max_cycles is None or cycles < max_cycles:
         cycles += 1
         # Where each watch starts: before the full cycle, so nothing changes unseen in between.
-        versions = {k: await asyncio.to_thread(kube.list_version, k, label_selector=settings.report_selector)
-                    for k in kinds}
+        starts = await asyncio.gather(*(_watch_starts(cluster) for cluster in deps.clusters))
         await poll_cycle(deps, chain_deployment=chain_deployment, batch_deployment=batch_deployment)
         queue: asyncio.Queue[Event] = asyncio.Queue()
         expired = threading.Event()
-        followers = [_Follower(deps, k, versions[k], loop, queue, expired) for k in kinds]
+        followers = [_Follower(cluster, kind, version, loop, queue, expired)
+                     for cluster, versions in zip(deps.clusters, starts, strict=True) if versions is not None
+                     for kind, version in versions.items()]
         for follower in followers:
             follower.start()
+        resync = resync_seconds if None not in starts else min(resync_seconds, UNFOLLOWED_RESYNC_SECONDS)
         try:
-            await _react(deps, queue, expired, deadline=time.monotonic() + resync_seconds,
+            await _react(deps, queue, expired, deadline=time.monotonic() + resync,
                          chain_deployment=chain_deployment, batch_deployment=batch_deployment)
         finally:
             for follower in followers:
                 follower.stopped.set()
+
+
+async def _watch_starts(deps: Deps) -> dict[ReportKind, str] | None:
+    """One cluster's report kinds to follow and the resourceVersion each watch starts from; None
+    when the cluster cannot be read now (with several clusters: the full cycle reports it down)."""
+    kube, settings = deps.kube, deps.settings
+
+    def read() -> dict[ReportKind, str]:
+        kinds = [k for k in REPORT_KINDS if kube.is_served(k) and (k.namespaced or settings.cluster_reports)]
+        return {k: kube.list_version(k, label_selector=settings.report_selector) for k in kinds}
+
+    if len(deps.clusters) == 1:
+        return await asyncio.to_thread(read)  # one cluster: its outage is the watch's, as it always was
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(read), timeout=settings.cluster_timeout)
+    except (PolicyflowError, TimeoutError) as exc:
+        log.warning("watch: cluster %s cannot be followed now (%s); followed again from the next resync, "
+                    "within %g s", deps.cluster, exc or "no answer", UNFOLLOWED_RESYNC_SECONDS)
+        return None
 
 
 async def _react(deps: Deps, queue: asyncio.Queue[Event], expired: threading.Event, *, deadline: float,
@@ -112,19 +142,27 @@ async def _react(deps: Deps, queue: asyncio.Queue[Event], expired: threading.Eve
         except TimeoutError:
             continue
         # Coalesce: a burst of changes to one report needs one look at its latest state.
-        batch = {(first[1]["metadata"].get("namespace"), first[1]["metadata"]["name"]): first}
+        batch = {_report_of(first): first}
         while not queue.empty():
             event = queue.get_nowait()
-            batch[(event[1]["metadata"].get("namespace"), event[1]["metadata"]["name"])] = event
+            batch[_report_of(event)] = event
         now = deps.clock.now()
-        live = read_live_owners(deps.kube, deps.settings.lease_namespace, now) if len(batch) else None
-        for kind, obj in batch.values():
-            scan = scan_report(deps.kube, deps.settings, deps.routing, kind, obj, now=now, live_owners=live,
-                               cluster=deps.cluster)
+        live: dict[str, frozenset[str] | None] = {}
+        for cluster, kind, obj in batch.values():
+            if cluster.cluster not in live:
+                live[cluster.cluster] = read_live_owners(cluster.kube, cluster.settings.lease_namespace, now)
+            scan = scan_report(cluster.kube, cluster.settings, cluster.routing, kind, obj, now=now,
+                               live_owners=live[cluster.cluster], cluster=cluster.cluster)
             for finding in scan.findings:
                 if finding.needs_chain and finding.routed:
-                    reactor.notice(finding.violation, finding.routed)
+                    reactor.notice(cluster, finding.violation, finding.routed)
     await reactor.drain()
+
+
+def _report_of(event: Event) -> tuple[str, str | None, str]:
+    """Which report an event is about: its cluster, namespace and name."""
+    metadata = event[2]["metadata"]
+    return event[0].cluster, metadata.get("namespace"), metadata["name"]
 
 
 #: How often started tests are handed to Prefect runs. Why not at once: a run per violation at a
@@ -150,19 +188,19 @@ class _Reactor:
         self.attempts: Counter[str] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
 
-    def notice(self, violation: Violation, routed: RoutedTest) -> None:
-        """A new failure: start its test now, unless its chain is already under way here."""
+    def notice(self, cluster: Deps, violation: Violation, routed: RoutedTest) -> None:
+        """A new failure in ``cluster``: start its test now, unless its chain is already under way here."""
         if violation.key in self.in_flight:
             return
         self.in_flight.add(violation.key)
         metrics.VIOLATIONS_DETECTED.inc()
-        self._spawn(self._start(ChainRequest.for_violation(violation, routed.workflow)))
+        self._spawn(self._start(cluster, ChainRequest.for_violation(violation, routed.workflow)))
 
-    async def _start(self, request: ChainRequest) -> None:
+    async def _start(self, cluster: Deps, request: ChainRequest) -> None:
         """The chain's first half right now, outside Prefect: the watch's sub-second start. The
         chain's Prefect run follows and resumes from the record this writes (same owner, same
         episode, the execution found by its id or tags), so whatever this could not do, it does."""
-        outcome = await run_chain(request.ref, self.deps, DirectSteps(self.deps, gate=self.gate), until_started=True)
+        outcome = await run_chain(request.ref, cluster, DirectSteps(cluster, gate=self.gate), until_started=True)
         log.debug("%s: %s at once", outcome.violation, outcome.status.value)
         self.ready.append(request)
 

@@ -26,9 +26,13 @@ from policyflow.scanning import Finding, Scan, scan_cluster
 log = logging.getLogger("policyflow.detect")
 
 
-def _scan(deps: Deps) -> Scan:
-    return deps.retry.run_sync(
-        lambda: scan_cluster(deps.kube, deps.settings, deps.routing, now=deps.clock.now(), cluster=deps.cluster),
+async def _scan(deps: Deps) -> Scan:
+    """One cluster's scan, tried again as the retry policy says. The waits between tries are the
+    event loop's, not a thread's: a cycle that gives up on a cluster (``cluster_timeout``) cancels
+    them, and no thread goes on retrying after it (which held the cycle's end, and a stop, ~30 s)."""
+    return await deps.retry.run(
+        lambda: asyncio.to_thread(scan_cluster, deps.kube, deps.settings, deps.routing, now=deps.clock.now(),
+                                  cluster=deps.cluster),
         what="detect-violations", log=log,
     )
 
@@ -36,7 +40,7 @@ def _scan(deps: Deps) -> Scan:
 @task(name="detect-violations", cache_policy=NO_CACHE)
 async def detect_violations(deps: Deps) -> Scan:
     """List every report and diff it against the records on it (read-only)."""
-    scan = await asyncio.to_thread(_scan, deps)
+    scan = await _scan(deps)
     for kind in scan.skipped_kinds:
         log.info("%s is not served by this cluster (its CRD is not installed); skipped", kind)
     for problem in scan.problems:
@@ -63,7 +67,7 @@ async def find_failed_chains(deps: Deps, since_hours: float = 24.0) -> list[Find
     """Violations whose last chain failed: from the records on the reports (status ``error``, or an
     unfinished chain nobody is running), and from the run history (the latest ``handle-violation``
     run of a violation that failed or crashed, while its record shows no finished test)."""
-    scan = await asyncio.to_thread(_scan, deps)
+    scan = await _scan(deps)
     chosen: dict[str, Finding] = {}
     for finding in scan.findings:
         record = finding.planned.record

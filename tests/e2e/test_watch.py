@@ -18,7 +18,7 @@ from policyflow.standins.kube import KubeStandin
 from policyflow.standins.scenario import deployment, report_for
 from policyflow.standins.testkube import TestkubeStandin
 from tests.helpers import wait_until
-from tests.specs import ROOT, example
+from tests.specs import REPORT_CRDS, ROOT, example
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
 
@@ -76,7 +76,55 @@ def test_watch_handles_new_failures_once_and_catches_up(
 
 
 def status(kube: KubeStandin, report: dict[str, Any]) -> str | None:
-    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"], "default") or {}
+    now = kube.get(report["apiVersion"], report["kind"], report["metadata"]["name"],
+                   report["metadata"].get("namespace", "default")) or {}
     values = [v for k, v in (now.get("metadata", {}).get("annotations") or {}).items()
               if k.startswith("policyflow.io/")]
     return json.loads(values[0])["status"] if values else None
+
+
+def test_watch_follows_every_cluster_and_one_that_is_down_holds_up_no_other(
+    kube: KubeStandin, kubeconfig: Path, testkube: TestkubeStandin, tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    template = example("policyreport-fail.yaml")
+    with KubeStandin(REPORT_CRDS) as gone:
+        gone_kubeconfig = gone.write_kubeconfig(tmp_path / "gone.kubeconfig")  # then nothing answers there
+    with KubeStandin(REPORT_CRDS) as staging:
+        config = tmp_path / "clusters.yaml"
+        config.write_text(f"""
+clusters:
+  - name: default
+  - name: staging
+    kubeconfig: {staging.write_kubeconfig(tmp_path / "staging.kubeconfig")}
+  - name: gone
+    kubeconfig: {gone_kubeconfig}
+""")
+        before = kube.create(report_for(template, kube.create(deployment("before-start"))))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("POLICYFLOW_")}
+        env.update({"PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                    "POLICYFLOW_KUBECONFIG": str(kubeconfig), "POLICYFLOW_TESTKUBE_URL": testkube.url,
+                    "POLICYFLOW_DEFAULT_WORKFLOW": "smoke-nova", "POLICYFLOW_POLL_INTERVAL": "0.05",
+                    "POLICYFLOW_POLL_INTERVAL_MAX": "0.1", "POLICYFLOW_CLUSTER_TIMEOUT": "3"})
+        log = tmp_path / "watch.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "policyflow.cli", "watch", "--resync", "600", "--config", str(config)],
+            cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        there: list[tuple[KubeStandin, dict[str, Any]]] = [(kube, before)]
+        try:
+            wait_until("catch-up in default with gone down", lambda: status(kube, before) == "passed", timeout=90)
+            # Changes after the catch-up reach each cluster's own watch, which runs them with that
+            # cluster's clients: the same resource name in both is two violations.
+            for cluster in (staging, kube):
+                there.append((cluster, cluster.create(report_for(template, cluster.create(deployment("web"))))))
+            wait_until("the failures in staging and default to be handled",
+                       lambda: all(status(c, r) == "passed" for c, r in there), timeout=90)
+        finally:
+            process.terminate()
+            print(log.read_text()[-4000:])
+            process.wait(timeout=60)
+    assert "watch: cluster gone cannot be followed now" in log.read_text()
+    per_cluster = Counter(e["tags"].get("policyflow-cluster") for e in testkube.executions)
+    assert per_cluster == {"default": 2, "staging": 1}, per_cluster
+    assert set(Counter(e["tags"]["policyflow-key"] for e in testkube.executions).values()) == {1}
