@@ -8,7 +8,8 @@ bookkeeping included, against a local Prefect server) with ``clusters: [a]``, ``
 ``[a, b, c]``: cycle time (median of 3, after a warm-up cycle), its ratio to the one-cluster baseline,
 and the API calls each cluster's stand-in received, by kind. Then ``c`` down, two ways: stopped (a port
 nothing answers) and answering 503 to everything; the cycle against ``[a, b]`` alone, and when the
-healthy clusters' last request of their own part came. With ``--new K``, K new failures per cluster,
+healthy clusters' last request of their own part came; twice, as a cluster found down is tried
+once (no retries) at each cycle after. With ``--new K``, K new failures per cluster,
 one cycle per configuration.
 
 The stand-ins run in this process, the cycles in a child process (``--child``) that runs one cycle per
@@ -259,17 +260,19 @@ def measure(cycles: Cycles, configs: dict[int, Path], kubes: dict[str, Any], arg
 
 def down(once: Any, watcher: Watcher, how: str, alone: float, healthy_alone: dict[str, float],
          kubes: dict[str, Any]) -> None:
-    """One cycle of [a, b, c] with c down: its time, and when a and b were done, against [a, b] alone."""
-    result = once(3)
-    print(f"  c {how}: cycle {result['cycle']:6.2f} s   ratio to [a, b] alone {result['cycle'] / alone:6.2f}   "
-          f"clusters down {result['down']}", flush=True)
-    for name in ("a", "b"):
-        last, base = watcher.last.get(name, float("nan")), healthy_alone.get(name, float("nan"))
-        print(f"      last own request to {name} at {last:6.2f} s   alone {base:6.2f} s   ratio {last / base:5.2f}",
-              flush=True)
-    for problem in result["problems"]:
-        print(f"      problem: {problem}", flush=True)
-    print(f"      API calls to c: {calls(kubes['c'])}", flush=True)
+    """Two cycles of [a, b, c] with c down (found down with the retries, then still down: one try):
+    each one's time, and when a and b were done, against [a, b] alone."""
+    for which in ("found down", "still down"):
+        result = once(3)
+        print(f"  c {how}, {which}: cycle {result['cycle']:6.2f} s   ratio to [a, b] alone "
+              f"{result['cycle'] / alone:6.2f}   clusters down {result['down']}", flush=True)
+        for name in ("a", "b"):
+            last, base = watcher.last.get(name, float("nan")), healthy_alone.get(name, float("nan"))
+            print(f"      last own request to {name} at {last:6.2f} s   alone {base:6.2f} s   "
+                  f"ratio {last / base:5.2f}", flush=True)
+        for problem in result["problems"]:
+            print(f"      problem: {problem}", flush=True)
+        print(f"      API calls to c: {calls(kubes['c'])}", flush=True)
 
 
 if __name__ == "__main__":

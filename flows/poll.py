@@ -101,19 +101,23 @@ async def _cluster_cycle(deps: Deps, chain_deployment: str | None, batch_deploym
     """Detect, resolve and run one cluster's chains. A cluster that cannot be read within
     ``cluster_timeout`` (after the retries) is reported down: one outcome and one problem line, its
     violations left as they are (nothing resolved while it cannot be seen) for the cycle after it
-    answers again."""
+    answers again. While it stays down, each cycle tries it once (no retries): the cycle's end, and
+    so the next cycle of the other clusters, waits one try for it, not the whole retry policy."""
     prefix = "" if len(deps.clusters) == 1 else f"cluster {deps.cluster}: "
     try:
-        scan = await asyncio.wait_for(detect_violations(deps), timeout=deps.settings.cluster_timeout)
+        scan = await asyncio.wait_for(detect_violations(deps, once=deps.seen_down),
+                                      timeout=deps.settings.cluster_timeout)
     except (PolicyflowError, TimeoutError) as exc:
         if len(deps.clusters) == 1:
             raise  # one cluster: its outage is the cycle's, as it always was
+        deps.seen_down = True
         metrics.CLUSTER_UP.labels(cluster=deps.cluster).set(0)
         reason = exc if isinstance(exc, PolicyflowError) else UnreachableError(
             f"no answer within {deps.settings.cluster_timeout:g} s")
         down = replace(unfinished_outcome("", f"cluster {deps.cluster}", None, reason), halt=False)
         log.warning("cluster %s is down this cycle: %s; its violations wait for it", deps.cluster, down.detail)
         return _ClusterPart(outcomes=[down], problems=[f"{prefix}down: {down.detail}"], up=False, down=down.detail)
+    deps.seen_down = False
     metrics.CLUSTER_UP.labels(cluster=deps.cluster).set(1)
     if scan.resolved:
         await record_resolved(deps, scan.resolved)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from dataclasses import replace
 from datetime import timedelta
 
 from prefect import task
@@ -26,11 +27,13 @@ from policyflow.scanning import Finding, Scan, scan_cluster
 log = logging.getLogger("policyflow.detect")
 
 
-async def _scan(deps: Deps) -> Scan:
-    """One cluster's scan, tried again as the retry policy says. The waits between tries are the
-    event loop's, not a thread's: a cycle that gives up on a cluster (``cluster_timeout``) cancels
-    them, and no thread goes on retrying after it (which held the cycle's end, and a stop, ~30 s)."""
-    return await deps.retry.run(
+async def _scan(deps: Deps, *, once: bool = False) -> Scan:
+    """One cluster's scan, tried again as the retry policy says (``once``: a single try). The waits
+    between tries are the event loop's, not a thread's: a cycle that gives up on a cluster
+    (``cluster_timeout``) cancels them, and no thread goes on retrying after it (which held the
+    cycle's end, and a stop, ~30 s)."""
+    retry = replace(deps.retry, retries=0) if once else deps.retry
+    return await retry.run(
         lambda: asyncio.to_thread(scan_cluster, deps.kube, deps.settings, deps.routing, now=deps.clock.now(),
                                   cluster=deps.cluster),
         what="detect-violations", log=log,
@@ -38,9 +41,10 @@ async def _scan(deps: Deps) -> Scan:
 
 
 @task(name="detect-violations", cache_policy=NO_CACHE)
-async def detect_violations(deps: Deps) -> Scan:
-    """List every report and diff it against the records on it (read-only)."""
-    scan = await _scan(deps)
+async def detect_violations(deps: Deps, *, once: bool = False) -> Scan:
+    """List every report and diff it against the records on it (read-only); ``once``: without retries
+    (a cluster that was down at the last cycle)."""
+    scan = await _scan(deps, once=once)
     for kind in scan.skipped_kinds:
         log.info("%s is not served by this cluster (its CRD is not installed); skipped", kind)
     for problem in scan.problems:
