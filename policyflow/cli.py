@@ -354,13 +354,30 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _watch(args: argparse.Namespace) -> int:
     import asyncio
+    import signal
 
     deps = _prepare_flows(args)
     from flows.watching import watch
 
+    async def until_stopped() -> None:
+        """Watch until SIGTERM. Through the event loop's own signal handler, not only Prefect's: a
+        chain's flow run turns SIGTERM into ``TerminationSignal`` wherever the main thread is, and
+        where that is inside asyncio (a socket write, a callback) asyncio logs it and goes on, so a
+        stop was lost now and then. The loop's handler hears every SIGTERM (the signal's wakeup fd)
+        and cancels the watch; what was cancelled resumes at the next start."""
+        loop, main = asyncio.get_running_loop(), asyncio.current_task()
+        assert main is not None
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        try:
+            await watch(deps, resync_seconds=args.resync, chain_deployment=args.chain_deployment,
+                        batch_deployment=args.batch_deployment)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
     try:
-        asyncio.run(watch(deps, resync_seconds=args.resync, chain_deployment=args.chain_deployment,
-                          batch_deployment=args.batch_deployment))
+        asyncio.run(until_stopped())
+    except asyncio.CancelledError:
+        return 143  # stopped by SIGTERM, as a process killed by it would report (128 + 15)
     finally:
         deps.close()
     return 0
