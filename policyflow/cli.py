@@ -359,28 +359,36 @@ def _watch(args: argparse.Namespace) -> int:
     deps = _prepare_flows(args)
     from flows.watching import watch
 
-    async def until_stopped() -> None:
-        """Watch until SIGTERM. Through the event loop's own signal handler, not only Prefect's: a
-        chain's flow run turns SIGTERM into ``TerminationSignal`` wherever the main thread is, and
-        where that is inside asyncio (a socket write, a callback) asyncio logs it and goes on, so a
-        stop was lost now and then. The loop's handler hears every SIGTERM (the signal's wakeup fd)
-        and cancels the watch; what was cancelled resumes at the next start."""
-        loop, main = asyncio.get_running_loop(), asyncio.current_task()
-        assert main is not None
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+    async def until_stopped() -> bool:
+        """Watch until SIGTERM (True) or until the watch ends by itself. Through the event loop's own
+        signal handler, not only Prefect's: a chain's flow run turns SIGTERM into ``TerminationSignal``
+        wherever the main thread is, and where that is inside asyncio (a socket write, a callback)
+        asyncio logs it and goes on, so a stop was lost now and then. The loop's handler hears every
+        SIGTERM (the signal's wakeup fd). The watch is cancelled until it ends: Python 3.11's
+        ``wait_for`` can swallow a cancellation that meets its timeout. What was cancelled resumes at
+        the next start."""
+        loop, stop = asyncio.get_running_loop(), asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        work = asyncio.create_task(watch(deps, resync_seconds=args.resync, chain_deployment=args.chain_deployment,
+                                         batch_deployment=args.batch_deployment))
+        stopping = asyncio.create_task(stop.wait())
         try:
-            await watch(deps, resync_seconds=args.resync, chain_deployment=args.chain_deployment,
-                        batch_deployment=args.batch_deployment)
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            while not work.done():
+                work.cancel()
+                await asyncio.wait({work}, timeout=1.0)
+            if not work.cancelled():
+                work.result()  # the watch's own end, or its error
+            return stop.is_set()
         finally:
+            stopping.cancel()
             loop.remove_signal_handler(signal.SIGTERM)
 
     try:
-        asyncio.run(until_stopped())
-    except asyncio.CancelledError:
-        return 143  # stopped by SIGTERM, as a process killed by it would report (128 + 15)
+        stopped = asyncio.run(until_stopped())
     finally:
         deps.close()
-    return 0
+    return 143 if stopped else 0  # SIGTERM: as a process killed by it would report (128 + 15)
 
 
 def _health(args: argparse.Namespace) -> int:

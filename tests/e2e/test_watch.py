@@ -71,6 +71,7 @@ def test_watch_handles_new_failures_once_and_catches_up(
         process.terminate()
         print(log.read_text()[-4000:])
         process.wait(timeout=60)  # it gives its Lease back on the way out; a loaded machine is slow
+    assert process.returncode == 143  # stopped by SIGTERM, and said so (128 + 15)
     per_key = Counter(e["tags"]["policyflow-key"] for e in testkube.executions)
     assert len(per_key) == len(reports) and set(per_key.values()) == {1}, per_key
 
@@ -124,6 +125,7 @@ clusters:
             process.terminate()
             print(log.read_text()[-4000:])
             process.wait(timeout=60)
+    assert process.returncode == 143
     assert "watch: cluster gone cannot be followed now" in log.read_text()
     per_cluster = Counter(e["tags"].get("policyflow-cluster") for e in testkube.executions)
     assert per_cluster == {"default": 2, "staging": 1}, per_cluster
