@@ -66,7 +66,7 @@ def test_the_asked_for_panels_are_there() -> None:
                  "policyflow_violations_reopened_total", "policyflow_violations_resolved_total",
                  "policyflow_outcomes_total", "policyflow_violation_flip_rate", "policyflow_trigger_lag_seconds_bucket",
                  "policyflow_poll_duration_seconds_bucket", "policyflow_triggers_failed_total",
-                 "policyflow_last_successful_poll_timestamp_seconds"):
+                 "policyflow_last_successful_poll_timestamp_seconds", "policyflow_cluster_up"):
         assert name in metrics, name
 
 
