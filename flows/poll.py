@@ -65,7 +65,11 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
     if len(deps.clusters) > 1:
         # Made sure of once, before the clusters' parts would race to create it (once per process).
         await observe.ensure_testkube_limit(deps.settings.testkube_concurrency)
-    parts = await asyncio.gather(*(_cluster_cycle(c, chain_deployment, batch_deployment) for c in deps.clusters))
+    # With several clusters, one found down by the last cycle (of whichever process) is tried once, so
+    # a cluster that stays down holds each cycle's end for one try, not for the whole retry policy.
+    found_down = await observe.clusters_found_down() if len(deps.clusters) > 1 else frozenset()
+    parts = await asyncio.gather(*(_cluster_cycle(c, chain_deployment, batch_deployment,
+                                                  once=c.cluster in found_down) for c in deps.clusters))
     metrics.POLL_DURATION.observe(time.monotonic() - started)
     summary = CycleSummary()
     for part in parts:
@@ -74,6 +78,9 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
         summary.outcomes.extend(part.outcomes)
         summary.problems.extend(part.problems)
     summary.counters["clusters_down"] = sum(1 for part in parts if not part.up)
+    if len(deps.clusters) > 1:
+        down = frozenset(cluster.cluster for cluster, part in zip(deps.clusters, parts, strict=True) if not part.up)
+        await observe.remember_clusters_down(down, before=found_down)
     summary.close()
     seen = [(cluster.cluster, part.down) for cluster, part in zip(deps.clusters, parts, strict=True)]
     await observe.cycle_artifact(summary.outcomes, summary.counters, clusters=seen)
@@ -97,27 +104,25 @@ class _ClusterPart(CycleSummary):
     closed: Closed | None = None
 
 
-async def _cluster_cycle(deps: Deps, chain_deployment: str | None, batch_deployment: str | None) -> _ClusterPart:
+async def _cluster_cycle(deps: Deps, chain_deployment: str | None, batch_deployment: str | None, *,
+                         once: bool = False) -> _ClusterPart:
     """Detect, resolve and run one cluster's chains. A cluster that cannot be read within
     ``cluster_timeout`` (after the retries) is reported down: one outcome and one problem line, its
     violations left as they are (nothing resolved while it cannot be seen) for the cycle after it
-    answers again. While it stays down, each cycle tries it once (no retries): the cycle's end, and
-    so the next cycle of the other clusters, waits one try for it, not the whole retry policy."""
+    answers again. ``once``: a single try, no retries (it was down at the last cycle)."""
     prefix = "" if len(deps.clusters) == 1 else f"cluster {deps.cluster}: "
     try:
-        scan = await asyncio.wait_for(detect_violations(deps, once=deps.seen_down),
+        scan = await asyncio.wait_for(detect_violations(deps, once=once),
                                       timeout=deps.settings.cluster_timeout)
     except (PolicyflowError, TimeoutError) as exc:
         if len(deps.clusters) == 1:
             raise  # one cluster: its outage is the cycle's, as it always was
-        deps.seen_down = True
         metrics.CLUSTER_UP.labels(cluster=deps.cluster).set(0)
         reason = exc if isinstance(exc, PolicyflowError) else UnreachableError(
             f"no answer within {deps.settings.cluster_timeout:g} s")
         down = replace(unfinished_outcome("", f"cluster {deps.cluster}", None, reason), halt=False)
         log.warning("cluster %s is down this cycle: %s; its violations wait for it", deps.cluster, down.detail)
         return _ClusterPart(outcomes=[down], problems=[f"{prefix}down: {down.detail}"], up=False, down=down.detail)
-    deps.seen_down = False
     metrics.CLUSTER_UP.labels(cluster=deps.cluster).set(1)
     if scan.resolved:
         await record_resolved(deps, scan.resolved)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import httpx
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
@@ -15,6 +16,7 @@ from prefect.concurrency.asyncio import concurrency
 from prefect.events import emit_event
 from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL
+from prefect.variables import Variable
 
 from policyflow.domain.digest import FailureDigest
 from policyflow.domain.ledger import Record
@@ -28,6 +30,9 @@ TESTKUBE_LIMIT = "policyflow-testkube"
 EVENT_DETECTED = "policyflow.violation.detected"
 EVENT_STARTED = "policyflow.test.started"
 EVENT_FINISHED = "policyflow.test.finished"
+#: The Prefect Variable that holds the clusters the last cycle found down, whichever process ran it
+#: (each served poll runs in a process of its own).
+CLUSTERS_DOWN = "policyflow-clusters-down"
 
 
 def _resource(key: str, title: str, policy: str, rule: str, namespace: str | None, cluster: str) -> dict[str, str]:
@@ -117,6 +122,28 @@ def clusters_line(clusters: Sequence[tuple[str, str | None]]) -> str:
     """``clusters: default up, staging DOWN (why)``: each cluster as this cycle saw it."""
     return "clusters: " + ", ".join(f"{name} up" if down is None else f"{name} DOWN ({escape(down)})"
                                     for name, down in clusters)
+
+
+async def clusters_found_down() -> frozenset[str]:
+    """The clusters the last cycle found down: the next cycle tries each of them once, without
+    retries. None when that cannot be read (each is then tried with every retry, as always)."""
+    try:
+        value: object = await Variable.aget(CLUSTERS_DOWN, default=[])
+    except httpx.HTTPError as exc:
+        log.debug("variable %s not read (%s): every cluster gets every retry", CLUSTERS_DOWN, exc)
+        return frozenset()
+    return frozenset(v for v in value if isinstance(v, str)) if isinstance(value, list) else frozenset()
+
+
+async def remember_clusters_down(down: frozenset[str], *, before: frozenset[str]) -> None:
+    """Keep the clusters this cycle found down for the next one: one write, only when they changed."""
+    if down == before:
+        return
+    try:
+        await Variable.aset(CLUSTERS_DOWN, sorted(down), tags=["policyflow"], overwrite=True)
+    except httpx.HTTPError as exc:
+        log.warning("variable %s not written (%s): the next cycle tries every cluster with every retry",
+                    CLUSTERS_DOWN, exc)
 
 
 #: (Prefect API, size) of the limit this process last made sure of.

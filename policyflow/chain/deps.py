@@ -90,7 +90,7 @@ class Deps:
     """
 
     __slots__ = ("_siblings", "clock", "cluster", "journal", "kube", "lease", "observer", "owner", "records",
-                 "retry", "routing", "seen_down", "settings", "testkube")
+                 "retry", "routing", "settings", "testkube")
 
     def __init__(self, *, settings: Settings, routing: RoutingTable, kube: KubeClient, records: RecordStore,
                  testkube: TestkubeClients, clock: Clock, owner: str, retry: RetryPolicy, observer: Observer,
@@ -111,9 +111,6 @@ class Deps:
         self.lease = lease
         #: The lifecycle journal (episodes kept after their reports are gone), written after records.
         self.journal = journal
-        #: This cluster was down at its last cycle in this process: the next one tries it once, not
-        #: with every retry, so a cluster that stays down does not hold each cycle's end.
-        self.seen_down = False
 
     @classmethod
     def joined(cls, clusters: Sequence[Deps]) -> Deps:
