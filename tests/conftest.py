@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
@@ -25,6 +26,11 @@ os.environ.setdefault("PREFECT_CLIENT_MAX_RETRIES", "8")
 # Served runners (policyflow serve, policyflow demo) look for scheduled and retried runs every second,
 # not every 10 s: a served test waits for the run, not for the runner's next look.
 os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+
+# Property tests without Hypothesis' per-example deadline (200 ms): that is a timing assertion, and on
+# two busy cores a plain example of test_a_recorded_error_is_one_bounded_line took longer now and then.
+settings.register_profile("policyflow", deadline=None)
+settings.load_profile("policyflow")
 
 PREFECT_APP = "tests.prefect_app:create_app"
 # How the tests' Prefect servers run, besides Prefect's defaults: all services (the scheduler too,
