@@ -139,30 +139,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _scan_clusters(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], dict[str, str]]:
     """Scan every configured cluster (read-only, at once): (cluster, Scan) for those that answered,
     and why, by cluster, for those that did not."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from policyflow import settings as settings_module
-    from policyflow.scanning import scan_spec
-    from policyflow.settings import ClusterSpec
+    from policyflow.scanning import scan_specs
 
     settings, routing = settings_module.load(_overrides(args))
-    specs = settings.cluster_specs()
-
-    def one(spec: ClusterSpec) -> Any:
-        return scan_spec(settings, spec, routing, now=datetime.now(UTC))
-
-    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
-        futures = [(spec.name, pool.submit(one, spec)) for spec in specs]
-    scans: list[tuple[str, Any]] = []
-    down: dict[str, str] = {}
-    for name, future in futures:
-        try:
-            scans.append((name, future.result()))
-        except PolicyflowError as exc:
-            if len(specs) == 1:
-                raise
-            down[name] = str(exc)
-    return scans, down
+    return scan_specs(settings, routing, now=datetime.now(UTC))
 
 
 def _scan(args: argparse.Namespace) -> int:

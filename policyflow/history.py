@@ -11,11 +11,10 @@ from prefect.client.schemas.filters import FlowFilter, FlowFilterName
 from prefect.client.schemas.sorting import FlowRunSort
 from pydantic import ValidationError
 
-from policyflow.domain.errors import PolicyflowError
 from policyflow.domain.ledger import Record
 from policyflow.domain.ref import Identity, ViolationRef
 from policyflow.domain.routing import RoutingTable
-from policyflow.scanning import scan_spec
+from policyflow.scanning import scan_specs
 from policyflow.settings import Settings
 
 
@@ -39,24 +38,18 @@ def recent_history(settings: Settings, routing: RoutingTable, *, limit: int = 50
             sort=FlowRunSort.START_TIME_DESC,
             limit=limit,
         )
-    specs = settings.cluster_specs()
+    several = len(settings.cluster_specs()) > 1
     history = History()
     records: dict[Identity, Record] = {}
     gone: dict[tuple[str, ...], Record] = {}
-    for spec in specs:
-        try:
-            scan = scan_spec(settings, spec, routing, now=datetime.now(UTC))
-        except PolicyflowError as exc:
-            if len(specs) == 1:
-                raise
-            history.down[spec.name] = str(exc)
-            continue
+    scans, history.down = scan_specs(settings, routing, now=datetime.now(UTC))
+    for cluster, scan in scans:
         for finding in scan.findings:
             if finding.planned.record is not None:
                 records[ViolationRef.of(finding.violation).identity] = finding.planned.record
         for report, record in scan.resolved:
             where = (report.kind.kind, report.namespace or "", report.name, record.policy, record.rule)
-            gone[(*where, spec.name)] = record
+            gone[(*where, cluster)] = record
     for run in runs:
         try:
             ref: ViolationRef | None = ViolationRef.model_validate(run.parameters.get("violation"))
@@ -64,7 +57,7 @@ def recent_history(settings: Settings, routing: RoutingTable, *, limit: int = 50
             ref = None  # a run of an older form
         found = None if ref is None else records.get(ref.identity) or gone.get((*ref.identity[:5], ref.cluster))
         row: dict[str, Any] = {"violation": run.name}
-        if len(specs) > 1:
+        if several:
             row["cluster"] = ref.cluster if ref is not None else "?"
         row.update({
             "run": run.state.name if run.state else "?",

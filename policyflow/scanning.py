@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from policyflow.clients.kube import KubeClient
 from policyflow.domain.decisions import replan_after_route_change
-from policyflow.domain.errors import ForbiddenError, NotFoundError
+from policyflow.domain.errors import ForbiddenError, NotFoundError, PolicyflowError
 from policyflow.domain.gatekeeper import CONSTRAINTS_GROUP, CONSTRAINTS_VERSION, constraint_kinds, parse_constraint
 from policyflow.domain.ledger import Action, Planned, Record, plan_report, read_records
 from policyflow.domain.model import DEFAULT_CLUSTER, REPORT_KINDS, ReportKind, ReportRef, Source, Violation
@@ -305,3 +306,23 @@ def scan_spec(settings: Settings, spec: ClusterSpec, routing: RoutingTable, *, n
         return scan_cluster(kube, own, routing, now=now, cluster=spec.name)
     finally:
         kube.close()
+
+
+def scan_specs(settings: Settings, routing: RoutingTable, *,
+               now: datetime) -> tuple[list[tuple[str, Scan]], dict[str, str]]:
+    """Every configured cluster scanned at once (read-only commands): (cluster, Scan) for those that
+    answered, and why, by cluster, for those that did not; with one cluster its error is raised, as
+    it always was. At once: a cluster that does not answer costs its own timeout, not the others'."""
+    specs = settings.cluster_specs()
+    with ThreadPoolExecutor(max_workers=len(specs)) as pool:
+        futures = [(spec.name, pool.submit(scan_spec, settings, spec, routing, now=now)) for spec in specs]
+    scans: list[tuple[str, Scan]] = []
+    down: dict[str, str] = {}
+    for name, future in futures:
+        try:
+            scans.append((name, future.result()))
+        except PolicyflowError as exc:
+            if len(specs) == 1:
+                raise
+            down[name] = str(exc)
+    return scans, down
