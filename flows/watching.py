@@ -1,5 +1,6 @@
-"""``policyflow watch``: sub-second detection. Follows the report kinds with Kubernetes watches from
-the last resourceVersion and runs the chain of each new failure as soon as its report changes.
+"""``policyflow watch``: sub-second detection. Follows the report kinds (and, with the gatekeeper
+source, every constraint kind) with Kubernetes watches from the last resourceVersion and runs the
+chain of each new failure as soon as its report (or the constraint's audit status) changes.
 
 The exactly-once guarantees are the same as for polling, because they never depended on how a
 failure was noticed: each chain re-reads its report, claims its episode with a conditional patch and
@@ -30,7 +31,8 @@ from policyflow.chain.deps import Deps
 from policyflow.chain.run import DirectSteps, run_chain
 from policyflow.clients.kube import WatchExpired
 from policyflow.domain.errors import PolicyflowError
-from policyflow.domain.model import REPORT_KINDS, ReportKind, Violation
+from policyflow.domain.gatekeeper import CONSTRAINTS_GROUP, CONSTRAINTS_VERSION, constraint_kinds
+from policyflow.domain.model import REPORT_KINDS, ReportKind, Source, Violation
 from policyflow.domain.routing import RoutedTest
 from policyflow.liveness import read_live_owners
 from policyflow.retry import RetryPolicy
@@ -53,7 +55,9 @@ class _Follower(threading.Thread):
                  queue: asyncio.Queue[Event], expired: threading.Event) -> None:
         super().__init__(name=f"watch-{deps.cluster}-{kind.plural}", daemon=True)
         self.deps = deps
-        self.kube, self.kind, self.version, self.selector = deps.kube, kind, version, deps.settings.report_selector
+        # Kyverno's reports may be selected by label; constraints never are (report_selector is Kyverno's).
+        selector = deps.settings.report_selector if kind.source is Source.KYVERNO else ""
+        self.kube, self.kind, self.version, self.selector = deps.kube, kind, version, selector
         self.retry: RetryPolicy = deps.retry
         self.loop, self.queue, self.expired = loop, queue, expired
         self.stopped = threading.Event()
@@ -113,8 +117,16 @@ async def _watch_starts(deps: Deps) -> dict[ReportKind, str] | None:
     kube, settings = deps.kube, deps.settings
 
     def read() -> dict[ReportKind, str]:
-        kinds = [k for k in REPORT_KINDS if kube.is_served(k) and (k.namespaced or settings.cluster_reports)]
-        return {k: kube.list_version(k, label_selector=settings.report_selector) for k in kinds}
+        kinds: list[ReportKind] = []
+        if not settings.sources or Source.KYVERNO in settings.sources:
+            kinds += [k for k in REPORT_KINDS if kube.is_served(k) and (k.namespaced or settings.cluster_reports)]
+        if not settings.sources or Source.GATEKEEPER in settings.sources:
+            # The constraint kinds there are now; one a new ConstraintTemplate adds is followed from the
+            # next resync (the full cycles read it before that).
+            document = kube.discover(f"{CONSTRAINTS_GROUP}/{CONSTRAINTS_VERSION}")
+            kinds += constraint_kinds(document) if document is not None else []
+        return {k: kube.list_version(k, label_selector=settings.report_selector if k.source is Source.KYVERNO
+                                     else "") for k in kinds}
 
     if len(deps.clusters) == 1:
         return await asyncio.to_thread(read)  # one cluster: its outage is the watch's, as it always was
@@ -159,10 +171,11 @@ async def _react(deps: Deps, queue: asyncio.Queue[Event], expired: threading.Eve
     await reactor.drain()
 
 
-def _report_of(event: Event) -> tuple[str, str | None, str]:
-    """Which report an event is about: its cluster, namespace and name."""
+def _report_of(event: Event) -> tuple[str, str, str | None, str]:
+    """Which report or constraint an event is about: its cluster, kind, namespace and name (two
+    constraint kinds may each have one of the same name)."""
     metadata = event[2]["metadata"]
-    return event[0].cluster, metadata.get("namespace"), metadata["name"]
+    return event[0].cluster, event[1].kind, metadata.get("namespace"), metadata["name"]
 
 
 #: How often started tests are handed to Prefect runs. Why not at once: a run per violation at a

@@ -153,15 +153,21 @@ def scan_cluster(
             except (ForbiddenError, NotFoundError) as exc:
                 scan.problems.append(f"cannot tell whether {resource_kind} objects changed: {exc}")
     for read in pending:
-        plan = plan_report(read.violations, read.records, generations=generations, now=now,
-                           lease_seconds=settings.claim_lease, live_owners=live)
-        if read.complete:
-            scan.resolved.extend((read.ref, r) for r in plan.resolved if r.key not in read.elsewhere)
-        else:
-            shown = {planned.violation.key for planned in plan.planned} | read.elsewhere
-            scan.unsure.update(key for key in read.records if key not in shown)
-        scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
+        _plan(kube, settings, routing, read, scan, generations=generations, now=now, live_owners=live)
     return scan
+
+
+def _plan(kube: KubeClient, settings: Settings, routing: RoutingTable, read: _Read, scan: Scan, *,
+          generations: dict[str, int] | None, now: datetime, live_owners: frozenset[str] | None) -> None:
+    """Diff one report or constraint against its records into ``scan``: findings, resolved, unsure."""
+    plan = plan_report(read.violations, read.records, generations=generations, now=now,
+                       lease_seconds=settings.claim_lease, live_owners=live_owners)
+    if read.complete:
+        scan.resolved.extend((read.ref, r) for r in plan.resolved if r.key not in read.elsewhere)
+    else:
+        shown = {planned.violation.key for planned in plan.planned} | read.elsewhere
+        scan.unsure.update(key for key in read.records if key not in shown)
+    scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
 
 
 def _read_reports(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan,
@@ -179,18 +185,24 @@ def _read_reports(kube: KubeClient, settings: Settings, flt: ViolationFilter, sc
         for namespace in namespaces:
             for item in kube.list_reports(kind, namespace=namespace, label_selector=settings.report_selector,
                                           page_size=settings.page_size):
-                parsed = parse_report(kind, item)
-                if not flt.wants_namespace(parsed.ref.namespace):
-                    continue
-                scan.reports += 1
-                scan.problems.extend(parsed.problems)
-                records, problems = read_records(parsed.annotations)
-                scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-                wanted = [v.in_cluster(cluster) for v in parsed.violations if flt.wants(v)]
-                if not wanted and not records:
-                    continue
-                pending.append(_Read(parsed.ref, wanted, records))
+                if (read := _report(kind, item, flt, scan, cluster)) is not None:
+                    pending.append(read)
     return pending
+
+
+def _report(kind: ReportKind, item: dict[str, Any], flt: ViolationFilter, scan: Scan, cluster: str) -> _Read | None:
+    """One policy report as read (None: outside the namespace filter, or nothing to plan)."""
+    parsed = parse_report(kind, item)
+    if not flt.wants_namespace(parsed.ref.namespace):
+        return None
+    scan.reports += 1
+    scan.problems.extend(parsed.problems)
+    records, problems = read_records(parsed.annotations)
+    scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
+    wanted = [v.in_cluster(cluster) for v in parsed.violations if flt.wants(v)]
+    if not wanted and not records:
+        return None
+    return _Read(parsed.ref, wanted, records)
 
 
 def _read_constraints(kube: KubeClient, settings: Settings, flt: ViolationFilter, scan: Scan,
@@ -217,22 +229,30 @@ def _read_constraints(kube: KubeClient, settings: Settings, flt: ViolationFilter
             scan.problems.append(f"{kind.kind} constraints not read: {exc}")
             continue
         for item in items:
-            parsed = parse_constraint(kind, item)
-            scan.reports += 1
-            scan.problems.extend(parsed.problems)
-            if parsed.truncated:
-                scan.problems.append(f"{kind.kind} {parsed.ref.name}: audit listed {parsed.listed} of "
-                                     f"{parsed.total_violations} violations; missing entries are not resolved")
-            records, problems = read_records(parsed.annotations)
-            scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-            violations = [v.in_cluster(cluster) for v in parsed.violations]
-            here = [v for v in violations if flt.wants_namespace(flt.namespace_of(v))]
-            wanted = [v for v in here if flt.wants(v)]
-            if not wanted and not records:
-                continue
-            elsewhere = frozenset(v.key for v in violations) - {v.key for v in here}
-            pending.append(_Read(parsed.ref, wanted, records, complete=parsed.complete, elsewhere=elsewhere))
+            if (read := _constraint(kind, item, flt, scan, cluster)) is not None:
+                pending.append(read)
     return pending
+
+
+def _constraint(kind: ReportKind, item: dict[str, Any], flt: ViolationFilter, scan: Scan,
+                cluster: str) -> _Read | None:
+    """One constraint as read (None: nothing to plan). Its list may be cut (``complete`` False), and
+    it holds every namespace's violations (the filter's others are ``elsewhere``)."""
+    parsed = parse_constraint(kind, item)
+    scan.reports += 1
+    scan.problems.extend(parsed.problems)
+    if parsed.truncated:
+        scan.problems.append(f"{kind.kind} {parsed.ref.name}: audit listed {parsed.listed} of "
+                             f"{parsed.total_violations} violations; missing entries are not resolved")
+    records, problems = read_records(parsed.annotations)
+    scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
+    violations = [v.in_cluster(cluster) for v in parsed.violations]
+    here = [v for v in violations if flt.wants_namespace(flt.namespace_of(v))]
+    wanted = [v for v in here if flt.wants(v)]
+    if not wanted and not records:
+        return None
+    elsewhere = frozenset(v.key for v in violations) - {v.key for v in here}
+    return _Read(parsed.ref, wanted, records, complete=parsed.complete, elsewhere=elsewhere)
 
 
 def _finding(kube: KubeClient, routing: RoutingTable, planned: Planned, scan: Scan) -> Finding:
@@ -279,21 +299,13 @@ def scan_report(
     live_owners: frozenset[str] | None,
     cluster: str = DEFAULT_CLUSTER,
 ) -> Scan:
-    """What to do about one report as a watch event shows it (no resource-change lookup: the periodic
-    full cycle does that)."""
-    scan = Scan(reports=1)
-    flt = settings.violation_filter()
-    parsed = parse_report(kind, item)
-    if not flt.wants_namespace(parsed.ref.namespace):
-        return scan
-    scan.problems.extend(parsed.problems)
-    records, problems = read_records(parsed.annotations)
-    scan.problems.extend(f"{parsed.ref}: {p}" for p in problems)
-    wanted = [v.in_cluster(cluster) for v in parsed.violations if flt.wants(v)]
-    plan = plan_report(wanted, records, generations=None, now=now, lease_seconds=settings.claim_lease,
-                       live_owners=live_owners)
-    scan.resolved.extend((parsed.ref, record) for record in plan.resolved)
-    scan.findings.extend(_finding(kube, routing, planned, scan) for planned in plan.planned)
+    """What to do about one report or Gatekeeper constraint as a watch event shows it (no
+    resource-change lookup: the periodic full cycle does that)."""
+    scan = Scan()
+    read_one = _constraint if kind.source is Source.GATEKEEPER else _report
+    read = read_one(kind, item, settings.violation_filter(), scan, cluster)
+    if read is not None:
+        _plan(kube, settings, routing, read, scan, generations=None, now=now, live_owners=live_owners)
     return scan
 
 

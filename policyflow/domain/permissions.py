@@ -44,7 +44,7 @@ def needed(resource_kinds: tuple[tuple[str, str], ...] = (("apps", "deployments"
     # Gatekeeper makes one constraint kind per ConstraintTemplate: only the group's wildcard covers
     # kinds not created yet (Gatekeeper grants its own controllers the same way).
     for verb, why in (("get", "re-read a constraint"), ("list", "find Gatekeeper violations"),
-                      ("patch", "record what was done on a constraint")):
+                      ("watch", "follow Gatekeeper's audit"), ("patch", "record what was done on a constraint")):
         permissions.append(Permission(verb, GATEKEEPER_GROUP, "*", False, why))
     for group, plural in resource_kinds:
         permissions.append(Permission("get", group, plural, False, "labels for routing"))

@@ -259,7 +259,7 @@ def test_roles_grant_exactly_what_policyflow_needs(rendered: list[Obj]) -> None:
     required = {(p.verb, p.group, p.resource) for p in needed() if p.required and not p.own_namespace}
     optional = {(p.verb, p.group, p.resource) for p in needed() if not p.required and not p.own_namespace}
     constraints = {perm for perm in optional if perm[1] == GATEKEEPER_GROUP}
-    assert constraints == {(verb, GATEKEEPER_GROUP, "*") for verb in ("get", "list", "patch")}
+    assert constraints == {(verb, GATEKEEPER_GROUP, "*") for verb in ("get", "list", "watch", "patch")}
     assert granted(only(rendered, "ClusterRole", "policyflow")) == required
     assert granted(only(rendered, "ClusterRole", "policyflow-resource-reader")) == optional - constraints
     assert granted(only(rendered, "ClusterRole", "policyflow-gatekeeper")) == constraints
