@@ -76,7 +76,7 @@ def build(settings: Settings, routing: RoutingTable, *, kube: KubeClient | None 
                 owner=owner,
                 retry=retry,
                 observer=observer,
-                lease=lease if lease.start() else None,
+                lease=lease,  # taken by the first chain in this cluster (Deps.take_lease)
                 journal=journal.for_cluster(spec.name),
                 cluster=spec.name,
             ))

@@ -12,6 +12,7 @@ sibling by name, :attr:`Deps.clusters` lists them all (the home cluster first).
 from __future__ import annotations
 
 import asyncio
+import threading
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -89,8 +90,8 @@ class Deps:
     pydantic models looking for futures; this one it passes as it is.
     """
 
-    __slots__ = ("_siblings", "clock", "cluster", "journal", "kube", "lease", "observer", "owner", "records",
-                 "retry", "routing", "settings", "testkube")
+    __slots__ = ("_lease", "_lease_lock", "_lease_taken", "_siblings", "clock", "cluster", "journal", "kube",
+                 "observer", "owner", "records", "retry", "routing", "settings", "testkube")
 
     def __init__(self, *, settings: Settings, routing: RoutingTable, kube: KubeClient, records: RecordStore,
                  testkube: TestkubeClients, clock: Clock, owner: str, retry: RetryPolicy, observer: Observer,
@@ -107,8 +108,10 @@ class Deps:
         self.owner = owner
         self.retry = retry
         self.observer = observer
-        #: This process's liveness Lease, when Leases can be used here (else records are refreshed).
-        self.lease = lease
+        # This process's liveness Lease in this cluster, not taken yet: see take_lease.
+        self._lease = lease
+        self._lease_taken = False
+        self._lease_lock = threading.Lock()
         #: The lifecycle journal (episodes kept after their reports are gone), written after records.
         self.journal = journal
 
@@ -134,6 +137,24 @@ class Deps:
         except KeyError:
             known = ", ".join(self._siblings)
             raise ConfigError(f"cluster {name!r} is not configured here (clusters: {known})") from None
+
+    def take_lease(self) -> ProcessLease | None:
+        """Take this process's liveness Lease in this cluster, on its first chain here (blocking: run
+        it in a thread), before any claim; later calls only answer. Not when the dependencies are
+        built: a served run builds every cluster's, and one cluster that does not answer held each
+        run's start and end by 30 s (the request timeout) whatever cluster its violation was in."""
+        with self._lease_lock:
+            if not self._lease_taken:
+                self._lease_taken = True
+                if self._lease is not None and not self._lease.start():
+                    self._lease = None  # Leases cannot be used here (said once, by start)
+            return self._lease
+
+    @property
+    def lease(self) -> ProcessLease | None:
+        """This process's liveness Lease here once taken (:meth:`take_lease`); None before that, or
+        when Leases cannot be used here (records are refreshed instead)."""
+        return self._lease if self._lease_taken else None
 
     def close(self) -> None:
         """Give every cluster's Lease back (this process's in-flight records are free at once) and

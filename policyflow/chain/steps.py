@@ -69,6 +69,7 @@ _ACTION_SAYS = {Action.NEW: "a new episode", Action.RESUME: "resuming its unfini
 async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
     """fetch-violation: re-read the report; if the failure is gone say so, else collect what the
     next steps need (the record, the resource's labels and generation, the plan)."""
+    await asyncio.to_thread(deps.take_lease)  # this process's liveness here, before it claims anything
     try:
         report = await asyncio.to_thread(deps.records.read, ref.report)
     except NotFoundError:

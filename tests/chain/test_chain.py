@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from policyflow.chain.run import DirectSteps, run_chain
 from policyflow.domain.decisions import RunMode, route_digest
@@ -89,6 +93,30 @@ def test_a_process_that_stopped_cleanly_leaves_its_chains_free_at_once(
     testkube.set_outcome("smoke-nova", "passed")
     assert chain(make_deps, ref_of(failing)).status is Outcome.PASSED
     assert len(testkube.executions) == 1
+
+
+def test_a_cluster_that_never_answers_is_asked_nothing_by_a_chain_elsewhere_nor_by_the_processs_end(
+    make_deps: Make, kube: KubeStandin, failing: dict[str, Any], tmp_path: Path
+) -> None:
+    """A process builds every configured cluster's dependencies (each served run does); its liveness
+    Lease in a cluster is taken by its first chain there. A cluster that accepts connections and never
+    answers held each such run's start and end by the request timeout (30 s), whatever its violation."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(8)
+        hole.setblocking(False)
+        silent = tmp_path / "hole.kubeconfig"
+        silent.write_text(kube.write_kubeconfig(tmp_path / "kubeconfig").read_text().replace(
+            kube.url, f"http://127.0.0.1:{hole.getsockname()[1]}"))
+        config = tmp_path / "clusters.yaml"
+        config.write_text(f"clusters:\n  - name: default\n  - name: hole\n    kubeconfig: {silent}\n")
+        deps = make_deps(config=str(config))
+        outcome = asyncio.run(run_chain(ref_of(failing), deps, DirectSteps(deps)))
+        assert outcome.status is Outcome.PASSED
+        assert kube.get("coordination.k8s.io/v1", "Lease", lease_name(deps.owner), "default") is not None
+        deps.close()
+        with pytest.raises(BlockingIOError):
+            hole.accept()  # nobody ever connected
 
 
 def test_a_crashed_processs_chains_are_busy_while_its_lease_lasts_then_resumed(
