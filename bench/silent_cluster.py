@@ -22,7 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.journal import Silent  # noqa: E402
+from journal import Silent  # noqa: E402
+
 from policyflow import bootstrap  # noqa: E402
 from policyflow import settings as settings_module  # noqa: E402
 from policyflow.chain.run import DirectSteps, run_chain  # noqa: E402
