@@ -209,7 +209,11 @@ def test_the_demo_ui_shows_the_violation_run_its_task_runs_and_its_artifact(
         expect(page.get_by_text(re.compile(r"^markdown$", re.IGNORECASE))).to_be_visible()  # shown upper-case
         shots.take("04-flow-run-artifacts")
 
-        # The artifacts page: the violation's markdown and the poll's table.
+        # The artifacts page: the violation's markdown and the poll's table. The poll writes its
+        # table when all its chains are done, which can be after this one: the page shows what there
+        # is when it loads, so it loads once the table is there.
+        wait_until("the poll's policy-watch-cycle artifact", lambda: api(
+            demo, "/artifacts/filter", {"artifacts": {"key": {"any_": ["policy-watch-cycle"]}}}), timeout=150)
         page.goto(f"{demo}/artifacts", wait_until="networkidle")
         expect(page.get_by_text(artifact["key"], exact=True)).to_be_visible()
         expect(page.get_by_text("policy-watch-cycle", exact=True)).to_be_visible()
