@@ -333,6 +333,11 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How long a stopped watch gives Prefect's queues (events, logs) to drain before it exits anyway;
+#: within Kubernetes' default grace period (30 s) before SIGKILL.
+EXIT_DRAIN_SECONDS = 20.0
+
+
 def _watch(args: argparse.Namespace) -> int:
     import asyncio
     import signal
@@ -369,6 +374,11 @@ def _watch(args: argparse.Namespace) -> int:
         stopped = asyncio.run(until_stopped())
     finally:
         deps.close()
+    if stopped:
+        # Prefect drains its queues at exit without a bound; a stop must end (policyflow.exiting).
+        from policyflow.exiting import exit_within
+
+        exit_within(EXIT_DRAIN_SECONDS, 143)
     return 143 if stopped else 0  # SIGTERM: as a process killed by it would report (128 + 15)
 
 
