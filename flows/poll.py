@@ -78,11 +78,11 @@ async def poll_cycle(deps: Deps, *, chain_deployment: str | None = None,
         summary.outcomes.extend(part.outcomes)
         summary.problems.extend(part.problems)
     summary.counters["clusters_down"] = sum(1 for part in parts if not part.up)
-    if len(deps.clusters) > 1:
-        down = frozenset(cluster.cluster for cluster, part in zip(deps.clusters, parts, strict=True) if not part.up)
-        await observe.remember_clusters_down(down, before=found_down)
-    summary.close()
     seen = [(cluster.cluster, part.down) for cluster, part in zip(deps.clusters, parts, strict=True)]
+    if len(deps.clusters) > 1:
+        await observe.remember_clusters_down(frozenset(name for name, why in seen if why is not None),
+                                             before=found_down)
+    summary.close()
     await observe.cycle_artifact(summary.outcomes, summary.counters, clusters=seen)
     changed = any(part.changed for part in parts)
     unchanged = parts[0].closed if len(parts) == 1 and not changed else None

@@ -55,9 +55,8 @@ class _Follower(threading.Thread):
                  queue: asyncio.Queue[Event], expired: threading.Event) -> None:
         super().__init__(name=f"watch-{deps.cluster}-{kind.plural}", daemon=True)
         self.deps = deps
-        # Kyverno's reports may be selected by label; constraints never are (report_selector is Kyverno's).
-        selector = deps.settings.report_selector if kind.source is Source.KYVERNO else ""
-        self.kube, self.kind, self.version, self.selector = deps.kube, kind, version, selector
+        self.kube, self.kind, self.version = deps.kube, kind, version
+        self.selector = _selector(deps, kind)
         self.retry: RetryPolicy = deps.retry
         self.loop, self.queue, self.expired = loop, queue, expired
         self.stopped = threading.Event()
@@ -111,6 +110,12 @@ async def watch(deps: Deps, *, resync_seconds: float = 600.0, chain_deployment: 
                 follower.stopped.set()
 
 
+def _selector(deps: Deps, kind: ReportKind) -> str:
+    """The label selector a kind is listed and watched with: Kyverno's reports may be selected by
+    label (``report_selector``); constraints never are."""
+    return deps.settings.report_selector if kind.source is Source.KYVERNO else ""
+
+
 async def _watch_starts(deps: Deps) -> dict[ReportKind, str] | None:
     """One cluster's report kinds to follow and the resourceVersion each watch starts from; None
     when the cluster cannot be read now (with several clusters: the full cycle reports it down)."""
@@ -125,8 +130,7 @@ async def _watch_starts(deps: Deps) -> dict[ReportKind, str] | None:
             # next resync (the full cycles read it before that).
             document = kube.discover(f"{CONSTRAINTS_GROUP}/{CONSTRAINTS_VERSION}")
             kinds += constraint_kinds(document) if document is not None else []
-        return {k: kube.list_version(k, label_selector=settings.report_selector if k.source is Source.KYVERNO
-                                     else "") for k in kinds}
+        return {k: kube.list_version(k, label_selector=_selector(deps, k)) for k in kinds}
 
     if len(deps.clusters) == 1:
         return await asyncio.to_thread(read)  # one cluster: its outage is the watch's, as it always was

@@ -350,9 +350,9 @@ def _watch(args: argparse.Namespace) -> int:
         signal handler, not only Prefect's: a chain's flow run turns SIGTERM into ``TerminationSignal``
         wherever the main thread is, and where that is inside asyncio (a socket write, a callback)
         asyncio logs it and goes on, so a stop was lost now and then. The loop's handler hears every
-        SIGTERM (the signal's wakeup fd). The watch is cancelled until it ends: Python 3.11's
-        ``wait_for`` can swallow a cancellation that meets its timeout. What was cancelled resumes at
-        the next start."""
+        SIGTERM (the signal's wakeup fd). The watch is cancelled again each second until it ends, in
+        case code on the way (a flow run's engine) catches one cancellation. What was cancelled
+        resumes at the next start."""
         loop, stop = asyncio.get_running_loop(), asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         work = asyncio.create_task(watch(deps, resync_seconds=args.resync, chain_deployment=args.chain_deployment,

@@ -126,7 +126,7 @@ def clusters_line(clusters: Sequence[tuple[str, str | None]]) -> str:
 
 async def clusters_found_down() -> frozenset[str]:
     """The clusters the last cycle found down: the next cycle tries each of them once, without
-    retries. None when that cannot be read (each is then tried with every retry, as always)."""
+    retries. Empty when that cannot be read: each is then tried with every retry, as always."""
     try:
         value: object = await Variable.aget(CLUSTERS_DOWN, default=[])
     except httpx.HTTPError as exc:

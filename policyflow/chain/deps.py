@@ -151,6 +151,11 @@ class Deps:
             return self._lease
 
     @property
+    def lease_taken(self) -> bool:
+        """Whether :meth:`take_lease` has run here (then it has nothing left to do)."""
+        return self._lease_taken
+
+    @property
     def lease(self) -> ProcessLease | None:
         """This process's liveness Lease here once taken (:meth:`take_lease`); None before that, or
         when Leases cannot be used here (records are refreshed instead)."""

@@ -29,7 +29,7 @@ from policyflow.domain.model import POLICY_REPORT
 from policyflow.domain.reports import parse_report
 from policyflow.standins.kube import KubeStandin
 from policyflow.standins.testkube import TestkubeStandin
-from tests.helpers import Policyflow, Result, deploy, load_report
+from tests.helpers import Policyflow, Result, deploy, load_report, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("prefect_api")]
 
@@ -368,13 +368,6 @@ def test_the_annotation_patch_conflicts(
 # --- a failure resolved while its test runs --------------------------------------------------------
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.05)
-
-
 class Background(threading.Thread):
     """``policyflow <args>`` in a thread (a cycle that is still running while the test acts)."""
 
@@ -411,7 +404,7 @@ def test_a_failure_resolved_while_its_test_runs_keeps_its_outcome(
     violations = load_violations(kube, 3)
     testkube.set_outcome("smoke-nova", "never")
     cycle = background("run-once")
-    _wait_for(lambda: len(testkube.executions) == len(violations))
+    wait_until("a test started for every violation", lambda: len(testkube.executions) == len(violations), timeout=60)
     flipped = copy.deepcopy(current(kube, violations.reports[0]))
     flipped["results"][0]["result"] = "pass"
     flipped["summary"].update({"fail": 0, "pass": 1})
@@ -454,7 +447,7 @@ def test_the_final_annotation_fails_beyond_the_retries_and_a_later_cycle_records
         return len(records) == len(violations) and all(
             r["status"] in ("queued", "running") and r.get("execution") for r in records.values())
 
-    _wait_for(all_running)
+    wait_until("every test to be running", all_running, timeout=60)
     # The chains now only poll; the next PATCHes are their final records: 2 attempts x 3 chains.
     faults = inject(kube, testkube, Fault("kube", "PATCH", KUBE_REPORT, 500, times=2 * len(violations)))
     testkube.set_outcome("smoke-nova", "passed")

@@ -45,6 +45,7 @@ from policyflow.standins.kube import (
     parse_label_selector,
     strip_server_metadata,
 )
+from tests.helpers import wait_until
 from tests.specs import KUBE_RECORDINGS, REPORT_CRDS, TESTWORKFLOW_EXECUTIONS_CRD, example
 
 PR = ("wgpolicyk8s.io", "v1alpha2")
@@ -340,6 +341,17 @@ def step_05(cluster: Cluster) -> None:
     anonymous.close()
 
 
+def watch_requests(standin: KubeStandin) -> int:
+    """How many watch requests ``standin`` has received so far."""
+    return sum(1 for r in standin.requests if r.query.get("watch", "").lower() == "true")
+
+
+def watch_connected(standin: KubeStandin, before: int) -> None:
+    """Wait until a watch request beyond the first ``before`` has reached ``standin`` (it is recorded
+    on arrival: the watch's starting resourceVersion was chosen before it)."""
+    wait_until("the watch to reach the stand-in", lambda: watch_requests(standin) > before, timeout=10, every=0.01)
+
+
 def step_06(cluster: Cluster) -> None:
     """Watches: replay, live events with the pre-timeout bookmark, initial events, too old, future."""
     exchanges, replayer, objects = recording("06"), cluster.replayer, cluster.objects
@@ -363,13 +375,13 @@ def step_06(cluster: Cluster) -> None:
     # 06#5: live events written by another thread, then a BOOKMARK about 2 s before the timeout
     recorded = [e["object"] for e in exchanges[5]["response"]["body"]]
 
+    watches = watch_requests(cluster.standin)
+
     def writer() -> None:
-        time.sleep(0.1)
+        watch_connected(cluster.standin, watches)  # live: written while the watch is open
         cluster.standin.create(strip_server_metadata(recorded[0]))
         for obj in recorded[1:3]:
-            time.sleep(0.05)
             cluster.standin.replace(strip_server_metadata(obj))
-        time.sleep(0.05)
         cluster.standin.delete("wgpolicyk8s.io/v1alpha2", "PolicyReport", "live-demo", "default")
 
     thread = threading.Thread(target=writer)
@@ -625,8 +637,10 @@ def test_watch_follows_test_side_writes_and_selectors(scratch: KubeStandin, api:
     objects = client.CustomObjectsApi(api)
     start = scratch.resource_version
 
+    watches = watch_requests(scratch)
+
     def writer() -> None:
-        time.sleep(0.1)
+        watch_connected(scratch, watches)  # live: written while the watch is open
         created = scratch.create(report("w", "watched", tier="gold"))
         relabelled = strip_server_metadata(created)
         relabelled["metadata"]["labels"]["tier"] = "silver"  # stops matching the selector
