@@ -37,6 +37,7 @@ from policyflow.domain.errors import (
     AmbiguousTargetError,
     ForbiddenError,
     NotFoundError,
+    ReportGoneError,
     TransientError,
     UnreachableError,
     one_line,
@@ -69,7 +70,8 @@ _ACTION_SAYS = {Action.NEW: "a new episode", Action.RESUME: "resuming its unfini
 async def fetch(deps: Deps, ref: ViolationRef, mode: RunMode) -> Fetched:
     """fetch-violation: re-read the report; if the failure is gone say so, else collect what the
     next steps need (the record, the resource's labels and generation, the plan)."""
-    await asyncio.to_thread(deps.take_lease)  # this process's liveness here, before it claims anything
+    if not deps.lease_taken:  # this process's liveness here, before it claims anything
+        await asyncio.to_thread(deps.take_lease)
     try:
         report = await asyncio.to_thread(deps.records.read, ref.report)
     except NotFoundError:
@@ -132,8 +134,11 @@ async def trigger(deps: Deps, fetched: Fetched, routed: RoutedTest) -> Triggered
         return known
     testkube = deps.testkube()
     claim = claim_record(fetched, routed, now=deps.clock.stamp(), owner=deps.owner)
-    await asyncio.to_thread(deps.records.claim, violation, claim, report_version=fetched.report_version,
-                            previous=fetched.record)
+    try:
+        await asyncio.to_thread(deps.records.claim, violation, claim, report_version=fetched.report_version,
+                                previous=fetched.record)
+    except NotFoundError:
+        raise ReportGoneError(f"{violation.report} was deleted before its test started") from None
     if fetched.record is None or fetched.record.episode != planned.episode:
         await asyncio.to_thread(deps.journal.opened, claim, violation.resource.namespace)
     execution, reused = await _start_once(testkube, violation, routed, episode_id(violation.report_uid,

@@ -19,6 +19,7 @@ from policyflow.domain.errors import (
     OutageError,
     PermanentError,
     RefusedError,
+    ReportGoneError,
     is_outage,
     is_violations_own,
     one_line,
@@ -299,6 +300,9 @@ def trigger_failed(fetched: Fetched, routed: RoutedTest, error: BaseException, *
     title = fetched.title
     if isinstance(error, ClaimLostError):
         return TriggerFailed(ChainOutcome(violation.key, title, routed.workflow, None, Outcome.BUSY,
+                                          detail=str(error)))
+    if isinstance(error, ReportGoneError):  # nothing was claimed or started: nothing to write back
+        return TriggerFailed(ChainOutcome(violation.key, title, routed.workflow, None, Outcome.RESOLVED,
                                           detail=str(error)))
     base = replace(claim_record(fetched, routed, now=now, owner=""), owner=None)
     if records_error(error):

@@ -104,6 +104,11 @@ class ClaimLostError(PolicyflowError):
     """Another policyflow process claimed this episode first; it runs the test."""
 
 
+class ReportGoneError(PolicyflowError):
+    """The report was deleted between fetch-violation and the claim: its failure went away before
+    any test started (Kyverno deletes a report when its last failure is fixed)."""
+
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 

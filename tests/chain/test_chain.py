@@ -95,6 +95,18 @@ def test_a_process_that_stopped_cleanly_leaves_its_chains_free_at_once(
     assert len(testkube.executions) == 1
 
 
+def test_a_report_deleted_between_fetch_and_claim_is_resolved_and_starts_no_test(
+    make_deps: Make, kube: KubeStandin, testkube: TestkubeStandin, failing: dict[str, Any]
+) -> None:
+    """Kyverno deletes the report after fetch-violation read it (the demo's flappy, fixed meanwhile):
+    the claim's merge-patch answers 404. Seen in the demo as a failed run recording nothing."""
+    kube.inject(method="PATCH", path=f"/policyreports/{failing['metadata']['name']}$", status=404)
+    outcome = chain(make_deps, ref_of(failing))
+    assert (outcome.status, outcome.detail) == (Outcome.RESOLVED, f"PolicyReport default/{failing['metadata']['name']} "
+                                                "was deleted before its test started")
+    assert testkube.executions == []
+
+
 def test_a_cluster_that_never_answers_is_asked_nothing_by_a_chain_elsewhere_nor_by_the_processs_end(
     make_deps: Make, kube: KubeStandin, failing: dict[str, Any], tmp_path: Path
 ) -> None:

@@ -170,6 +170,12 @@ def test_a_failed_trigger_leaves_the_ledger_as_its_cause_says(error: Exception, 
             assert written.owner is None and written.route == route_digest(ROUTED)
 
 
+def test_a_report_deleted_before_the_claim_is_resolved_with_nothing_written() -> None:
+    failed = trigger_failed(fetched(planned(Action.NEW, None)), ROUTED, errors.ReportGoneError("gone"),
+                            now=NOW.isoformat())
+    assert (failed.outcome.status, failed.record, failed.release) == (Outcome.RESOLVED, None, None)
+
+
 @given(st.text(max_size=5000))
 def test_a_recorded_error_is_one_bounded_line(message: str) -> None:
     failed = trigger_failed(fetched(planned(Action.NEW, None)), ROUTED, errors.UnknownWorkflowError(message),
